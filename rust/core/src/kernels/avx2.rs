@@ -1,0 +1,172 @@
+//! AVX2 + FMA kernels. Each has a scalar twin in `generic.rs`.
+//!
+//! Same split activation layout as the AVX-512 path. A block's 16 bytes are widened
+//! in two halves of 8 lanes; `vpermps` only has an 8-entry table here, so the
+//! magnitude comes from bits 0-2 and the sign bit (bit 3 of the nibble) is moved to
+//! bit 31 and xor-ed in.
+
+use crate::mxfp4::{BLOCK, BLOCK_BYTES, E2M1, E8M0};
+use std::arch::x86_64::*;
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Decode 8 bytes (zero-extended in `v`) into the 8 low-nibble and 8 high-nibble values.
+#[inline(always)]
+unsafe fn decode8(v: __m256i, mags: __m256, sign: __m256i) -> (__m256, __m256) {
+    let lo_mag = _mm256_permutevar8x32_ps(mags, v);
+    let lo_sign = _mm256_and_si256(_mm256_slli_epi32::<28>(v), sign);
+    let hi_mag = _mm256_permutevar8x32_ps(mags, _mm256_srli_epi32::<4>(v));
+    let hi_sign = _mm256_and_si256(_mm256_slli_epi32::<24>(v), sign);
+    (
+        _mm256_xor_ps(lo_mag, _mm256_castsi256_ps(lo_sign)),
+        _mm256_xor_ps(hi_mag, _mm256_castsi256_ps(hi_sign)),
+    )
+}
+
+/// Four MXFP4 rows against one split-layout activation row `xp`.
+///
+/// # Safety
+/// The CPU must support avx2 and fma; `xp.len() >= 32 * nb` and each
+/// `blocks[r].len() >= 16 * nb`, where nb = `scales[0].len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn mxfp4_dot4(xp: &[f32], blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> [f32; 4] {
+    let nb = scales[0].len();
+    debug_assert!(xp.len() >= nb * BLOCK);
+    for r in 0..4 {
+        debug_assert!(blocks[r].len() >= nb * BLOCK_BYTES && scales[r].len() >= nb);
+    }
+    let mags = _mm256_loadu_ps(E2M1.as_ptr());
+    let sign = _mm256_set1_epi32(i32::MIN);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let xptr = xp.as_ptr();
+    for g in 0..nb {
+        let xb = xptr.add(g * BLOCK);
+        let (xe0, xe1) = (_mm256_loadu_ps(xb), _mm256_loadu_ps(xb.add(8)));
+        let (xo0, xo1) = (_mm256_loadu_ps(xb.add(16)), _mm256_loadu_ps(xb.add(24)));
+        for r in 0..4 {
+            let bytes = _mm_loadu_si128(blocks[r].as_ptr().add(g * BLOCK_BYTES) as *const __m128i);
+            let (lo0, hi0) = decode8(_mm256_cvtepu8_epi32(bytes), mags, sign);
+            let (lo1, hi1) = decode8(_mm256_cvtepu8_epi32(_mm_srli_si128::<8>(bytes)), mags, sign);
+            let t = _mm256_mul_ps(lo0, xe0);
+            let t = _mm256_fmadd_ps(lo1, xe1, t);
+            let t = _mm256_fmadd_ps(hi0, xo0, t);
+            let t = _mm256_fmadd_ps(hi1, xo1, t);
+            let s = _mm256_set1_ps(*E8M0.get_unchecked(*scales[r].get_unchecked(g) as usize));
+            acc[r] = _mm256_fmadd_ps(t, s, acc[r]);
+        }
+    }
+    [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+}
+
+/// Decode one MXFP4 row to f32 in the split layout.
+///
+/// # Safety
+/// avx2/fma; `blocks.len() == 16 * scales.len()`, `out.len() == 32 * scales.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn mxfp4_decode(blocks: &[u8], scales: &[u8], out: &mut [f32]) {
+    debug_assert!(blocks.len() == scales.len() * BLOCK_BYTES && out.len() == scales.len() * BLOCK);
+    let mags = _mm256_loadu_ps(E2M1.as_ptr());
+    let sign = _mm256_set1_epi32(i32::MIN);
+    for (g, &s) in scales.iter().enumerate() {
+        let bytes = _mm_loadu_si128(blocks.as_ptr().add(g * BLOCK_BYTES) as *const __m128i);
+        let sc = _mm256_set1_ps(E8M0[s as usize]);
+        let (lo0, hi0) = decode8(_mm256_cvtepu8_epi32(bytes), mags, sign);
+        let (lo1, hi1) = decode8(_mm256_cvtepu8_epi32(_mm_srli_si128::<8>(bytes)), mags, sign);
+        let o = out.as_mut_ptr().add(g * BLOCK);
+        _mm256_storeu_ps(o, _mm256_mul_ps(lo0, sc));
+        _mm256_storeu_ps(o.add(8), _mm256_mul_ps(lo1, sc));
+        _mm256_storeu_ps(o.add(16), _mm256_mul_ps(hi0, sc));
+        _mm256_storeu_ps(o.add(24), _mm256_mul_ps(hi1, sc));
+    }
+}
+
+#[inline(always)]
+unsafe fn widen8(p: *const u8) -> __m256 {
+    let h = _mm_loadu_si128(p as *const __m128i);
+    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+}
+
+/// Four bf16 rows against one f32 activation row (natural layout).
+///
+/// # Safety
+/// avx2/fma; each `rows[r].len() >= 2 * x.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn bf16_dot4(x: &[f32], rows: [&[u8]; 4]) -> [f32; 4] {
+    let n = x.len();
+    for r in 0..4 {
+        debug_assert!(rows[r].len() >= 2 * n);
+    }
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut k = 0;
+    while k + 8 <= n {
+        let xv = _mm256_loadu_ps(x.as_ptr().add(k));
+        for r in 0..4 {
+            acc[r] = _mm256_fmadd_ps(widen8(rows[r].as_ptr().add(2 * k)), xv, acc[r]);
+        }
+        k += 8;
+    }
+    let mut out = [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])];
+    for r in 0..4 {
+        for kk in k..n {
+            out[r] += x[kk] * crate::bf16::to_f32(rows[r][2 * kk], rows[r][2 * kk + 1]);
+        }
+    }
+    out
+}
+
+/// Widen one bf16 row to f32.
+///
+/// # Safety
+/// avx2/fma; `row.len() >= 2 * out.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn bf16_decode(row: &[u8], out: &mut [f32]) {
+    let n = out.len();
+    debug_assert!(row.len() >= 2 * n);
+    let mut k = 0;
+    while k + 8 <= n {
+        _mm256_storeu_ps(out.as_mut_ptr().add(k), widen8(row.as_ptr().add(2 * k)));
+        k += 8;
+    }
+    crate::bf16::widen(&row[2 * k..2 * n], &mut out[k..]);
+}
+
+/// 4x4 tile of dot products over the first `n` elements (two 4x2 passes: 16 ymm
+/// registers cannot hold 16 accumulators plus the loads).
+///
+/// # Safety
+/// avx2/fma; every slice holds at least `n` elements.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4] {
+    let mut out = [[0f32; 4]; 4];
+    let n8 = n & !7;
+    for jp in [0usize, 2] {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        let mut k = 0;
+        while k < n8 {
+            let w0 = _mm256_loadu_ps(w[jp].as_ptr().add(k));
+            let w1 = _mm256_loadu_ps(w[jp + 1].as_ptr().add(k));
+            for i in 0..4 {
+                let xv = _mm256_loadu_ps(x[i].as_ptr().add(k));
+                acc[i][0] = _mm256_fmadd_ps(xv, w0, acc[i][0]);
+                acc[i][1] = _mm256_fmadd_ps(xv, w1, acc[i][1]);
+            }
+            k += 8;
+        }
+        for i in 0..4 {
+            for j in 0..2 {
+                let mut s = hsum(acc[i][j]);
+                for kk in n8..n {
+                    s += x[i][kk] * w[jp + j][kk];
+                }
+                out[i][jp + j] = s;
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,56 @@
+//! Portable scalar kernels: the reference twin of every SIMD kernel.
+//!
+//! MXFP4 activations are in natural order here (`x_layout_split() == false`).
+
+use crate::bf16;
+use crate::mxfp4::{BLOCK, BLOCK_BYTES, E2M1, E8M0};
+
+/// Dot products of one activation row `x` [n] with four MXFP4 weight rows.
+/// Per block the 32 products are summed, then scaled: the scale is a power of two.
+pub fn mxfp4_dot4(x: &[f32], blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> [f32; 4] {
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        let mut acc = 0f32;
+        for (g, (blk, &s)) in blocks[r].chunks_exact(BLOCK_BYTES).zip(scales[r]).enumerate() {
+            let xb = &x[g * BLOCK..(g + 1) * BLOCK];
+            let mut t = 0f32;
+            for (j, &byte) in blk.iter().enumerate() {
+                t += E2M1[(byte & 0x0f) as usize] * xb[2 * j];
+                t += E2M1[(byte >> 4) as usize] * xb[2 * j + 1];
+            }
+            acc += t * E8M0[s as usize];
+        }
+        out[r] = acc;
+    }
+    out
+}
+
+/// Decode one MXFP4 row to f32 in natural order.
+pub fn mxfp4_decode(blocks: &[u8], scales: &[u8], out: &mut [f32]) {
+    crate::mxfp4::dequantize(blocks, scales, out);
+}
+
+/// Dot products of `x` [n] with four bf16 rows (2n bytes each).
+pub fn bf16_dot4(x: &[f32], rows: [&[u8]; 4]) -> [f32; 4] {
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        out[r] = x.iter().zip(rows[r].chunks_exact(2)).map(|(&a, b)| a * bf16::to_f32(b[0], b[1])).sum();
+    }
+    out
+}
+
+/// Widen one bf16 row to f32.
+pub fn bf16_decode(row: &[u8], out: &mut [f32]) {
+    bf16::widen(row, out);
+}
+
+/// 4x4 tile of dot products: out[i][j] = x[i] . w[j] over the first `n` elements.
+pub fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4] {
+    let mut out = [[0f32; 4]; 4];
+    for i in 0..4 {
+        for j in 0..4 {
+            out[i][j] = x[i][..n].iter().zip(&w[j][..n]).map(|(a, b)| a * b).sum();
+        }
+    }
+    out
+}

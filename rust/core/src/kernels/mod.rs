@@ -1,0 +1,267 @@
+//! Matmuls over MXFP4 and bf16 weights: y[m, out] = x[m, n] @ W[out, n]^T (+ bias).
+//!
+//! One driver for both weight formats and every ISA. `m < GEMM_MIN_ROWS` takes the GEMV
+//! path (weights streamed straight from memory, four rows at a time); larger `m` takes
+//! the blocked GEMM path, which decodes a chunk of weight rows to f32 once (in a
+//! thread-local buffer) and reuses it for every row of x with a 4x4 register tile.
+//! Work is split over output rows with rayon, in whatever pool the caller installed.
+
+pub mod generic;
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+
+use crate::cpu::Isa;
+use crate::mxfp4::{self, BLOCK, BLOCK_BYTES};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// m from which the GEMM path is taken.
+pub const GEMM_MIN_ROWS: usize = 4;
+
+/// A weight matrix [rows, cols] borrowed from a checkpoint (or any byte buffer).
+#[derive(Clone, Copy, Debug)]
+pub enum Weight<'a> {
+    /// MXFP4: `blocks` [rows, cols/32, 16], `scales` [rows, cols/32].
+    Mxfp4 { blocks: &'a [u8], scales: &'a [u8], rows: usize, cols: usize },
+    /// bf16, little-endian, row-major [rows, cols].
+    Bf16 { data: &'a [u8], rows: usize, cols: usize },
+}
+
+impl<'a> Weight<'a> {
+    /// Check sizes; every kernel relies on them.
+    pub fn mxfp4(blocks: &'a [u8], scales: &'a [u8], rows: usize, cols: usize) -> Weight<'a> {
+        assert!(cols % BLOCK == 0, "mxfp4 cols {cols} not a multiple of 32");
+        assert_eq!(blocks.len(), rows * cols / 2, "mxfp4 blocks length");
+        assert_eq!(scales.len(), rows * cols / BLOCK, "mxfp4 scales length");
+        Weight::Mxfp4 { blocks, scales, rows, cols }
+    }
+
+    pub fn bf16(data: &'a [u8], rows: usize, cols: usize) -> Weight<'a> {
+        assert_eq!(data.len(), rows * cols * 2, "bf16 data length");
+        Weight::Bf16 { data, rows, cols }
+    }
+
+    pub fn rows(&self) -> usize {
+        match *self {
+            Weight::Mxfp4 { rows, .. } | Weight::Bf16 { rows, .. } => rows,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match *self {
+            Weight::Mxfp4 { cols, .. } | Weight::Bf16 { cols, .. } => cols,
+        }
+    }
+
+    /// Bytes of weight data (what one full pass reads).
+    pub fn nbytes(&self) -> usize {
+        match *self {
+            Weight::Mxfp4 { blocks, scales, .. } => blocks.len() + scales.len(),
+            Weight::Bf16 { data, .. } => data.len(),
+        }
+    }
+
+    /// Rows `r0..r1` as a weight of their own.
+    pub fn slice_rows(&self, r0: usize, r1: usize) -> Weight<'a> {
+        match *self {
+            Weight::Mxfp4 { blocks, scales, cols, .. } => {
+                let nb = cols / BLOCK;
+                Weight::Mxfp4 {
+                    blocks: &blocks[r0 * nb * BLOCK_BYTES..r1 * nb * BLOCK_BYTES],
+                    scales: &scales[r0 * nb..r1 * nb],
+                    rows: r1 - r0,
+                    cols,
+                }
+            }
+            Weight::Bf16 { data, cols, .. } => {
+                Weight::Bf16 { data: &data[r0 * cols * 2..r1 * cols * 2], rows: r1 - r0, cols }
+            }
+        }
+    }
+
+    /// Whether activations must be in the split layout for this ISA.
+    fn wants_split(&self, isa: Isa) -> bool {
+        matches!(self, Weight::Mxfp4 { .. }) && isa != Isa::Scalar && isa != Isa::Neon
+    }
+}
+
+/// Four dot products of one prepared activation row with weight rows `r`.
+#[inline]
+fn dot4(isa: Isa, x: &[f32], w: &Weight, r: [usize; 4]) -> [f32; 4] {
+    match *w {
+        Weight::Mxfp4 { blocks, scales, cols, .. } => {
+            let nb = cols / BLOCK;
+            let b = r.map(|r| &blocks[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES]);
+            let s = r.map(|r| &scales[r * nb..(r + 1) * nb]);
+            match isa {
+                // SAFETY: `isa` is only ever a path `cpu::select` found supported, and
+                // the slices were sized by `Weight::mxfp4` and the driver.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512::mxfp4_dot4(x, b, s) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { avx2::mxfp4_dot4(x, b, s) },
+                _ => generic::mxfp4_dot4(x, b, s),
+            }
+        }
+        Weight::Bf16 { data, cols, .. } => {
+            let rows = r.map(|r| &data[r * cols * 2..(r + 1) * cols * 2]);
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512::bf16_dot4(x, rows) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { avx2::bf16_dot4(x, rows) },
+                _ => generic::bf16_dot4(x, rows),
+            }
+        }
+    }
+}
+
+/// Decode weight row `r` to f32 (split layout for MXFP4 on SIMD paths).
+#[inline]
+fn decode_row(isa: Isa, w: &Weight, r: usize, out: &mut [f32]) {
+    match *w {
+        Weight::Mxfp4 { blocks, scales, cols, .. } => {
+            let nb = cols / BLOCK;
+            let b = &blocks[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES];
+            let s = &scales[r * nb..(r + 1) * nb];
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512::mxfp4_decode(b, s, out) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { avx2::mxfp4_decode(b, s, out) },
+                _ => generic::mxfp4_decode(b, s, out),
+            }
+        }
+        Weight::Bf16 { data, cols, .. } => {
+            let row = &data[r * cols * 2..(r + 1) * cols * 2];
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512::bf16_decode(row, out) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { avx2::bf16_decode(row, out) },
+                _ => generic::bf16_decode(row, out),
+            }
+        }
+    }
+}
+
+#[inline]
+fn tile(isa: Isa, x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4] {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::f32_tile(x, w, n) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::f32_tile(x, w, n) },
+        _ => generic::f32_tile(x, w, n),
+    }
+}
+
+/// Output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+thread_local! {
+    static DECODED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run `f` with a thread-local f32 buffer of `len` elements (grown once, then reused).
+fn with_decode_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    DECODED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// Rows per rayon task: enough tasks to balance the threads, few enough to amortise.
+fn chunk_rows(rows: usize, per_row_bytes: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let target = rows.div_ceil(threads * 8);
+    // At least ~64 KB of weights per task.
+    let min_rows = (65536 / per_row_bytes.max(1)).max(4);
+    let c = target.max(min_rows).min(rows.max(1));
+    c.div_ceil(4) * 4
+}
+
+/// y[m, rows] = x[m, cols] @ W^T (+ bias[rows]).
+///
+/// `scratch` holds the reordered activations between calls (no allocation once grown).
+/// Panics on inconsistent sizes: callers validate user input first.
+pub fn matmul(isa: Isa, x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, out: &mut [f32], scratch: &mut Vec<f32>) {
+    let (rows, n) = (w.rows(), w.cols());
+    assert_eq!(x.len(), m * n, "matmul: x is not [m, n]");
+    assert_eq!(out.len(), m * rows, "matmul: out is not [m, rows]");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), rows, "matmul: bias is not [rows]");
+    }
+    if m == 0 || rows == 0 {
+        return;
+    }
+    let xs: &[f32] = if w.wants_split(isa) {
+        if scratch.len() < m * n {
+            scratch.resize(m * n, 0.0);
+        }
+        mxfp4::split_even_odd(x, &mut scratch[..m * n]);
+        &scratch[..m * n]
+    } else {
+        x
+    };
+    let per_row_bytes = w.nbytes() / rows;
+    let chunk = chunk_rows(rows, per_row_bytes);
+    let ntasks = rows.div_ceil(chunk);
+    let optr = OutPtr(out.as_mut_ptr());
+    let gemm = m >= GEMM_MIN_ROWS;
+    (0..ntasks).into_par_iter().for_each(|t| {
+        let optr = optr;
+        let (r0, r1) = (t * chunk, ((t + 1) * chunk).min(rows));
+        let write = |i: usize, r: usize, v: f32| {
+            let v = v + bias.map_or(0.0, |b| b[r]);
+            // SAFETY: i < m and r in this task's r0..r1: each element written by one task.
+            unsafe { *optr.0.add(i * rows + r) = v };
+        };
+        if !gemm {
+            for i in 0..m {
+                let xi = &xs[i * n..(i + 1) * n];
+                for r in (r0..r1).step_by(4) {
+                    let rr = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)];
+                    let d = dot4(isa, xi, w, rr);
+                    for k in 0..(r1 - r).min(4) {
+                        write(i, r + k, d[k]);
+                    }
+                }
+            }
+            return;
+        }
+        let nr = r1 - r0;
+        with_decode_buffer(nr * n, |dec| {
+            for j in 0..nr {
+                decode_row(isa, w, r0 + j, &mut dec[j * n..(j + 1) * n]);
+            }
+            let xrow = |i: usize| &xs[i.min(m - 1) * n..(i.min(m - 1) + 1) * n];
+            let wrow = |j: usize| &dec[j.min(nr - 1) * n..(j.min(nr - 1) + 1) * n];
+            for i in (0..m).step_by(4) {
+                let xt = [xrow(i), xrow(i + 1), xrow(i + 2), xrow(i + 3)];
+                for j in (0..nr).step_by(4) {
+                    let wt = [wrow(j), wrow(j + 1), wrow(j + 2), wrow(j + 3)];
+                    let d = tile(isa, xt, wt, n);
+                    for a in 0..(m - i).min(4) {
+                        for b in 0..(nr - j).min(4) {
+                            write(i + a, r0 + j + b, d[a][b]);
+                        }
+                    }
+                }
+            }
+        });
+    });
+}
+
+#[cfg(test)]
+mod tests;

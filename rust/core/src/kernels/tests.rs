@@ -1,0 +1,129 @@
+//! Kernel unit tests: every ISA path against the scalar twin, the scalar twin against
+//! an f64 reference built from `mxfp4::dequantize` / exact bf16 widening.
+
+use super::*;
+use crate::cpu::Isa;
+
+/// SplitMix64: a tiny deterministic generator for test data.
+pub(crate) struct Rng(u64);
+impl Rng {
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+    pub(crate) fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    pub(crate) fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+fn simd_paths() -> Vec<Isa> {
+    Isa::available().into_iter().filter(|i| *i != Isa::Scalar && *i != Isa::Neon).collect()
+}
+
+fn reference(x: &[f32], m: usize, wf: &[f32], rows: usize, n: usize, bias: Option<&[f32]>) -> (Vec<f64>, Vec<f64>) {
+    let mut y = vec![0f64; m * rows];
+    let mut mag = vec![0f64; m * rows];
+    for i in 0..m {
+        for r in 0..rows {
+            let (mut s, mut a) = (0f64, 0f64);
+            for k in 0..n {
+                let p = x[i * n + k] as f64 * wf[r * n + k] as f64;
+                s += p;
+                a += p.abs();
+            }
+            y[i * rows + r] = s + bias.map_or(0.0, |b| b[r] as f64);
+            mag[i * rows + r] = a + bias.map_or(0.0, |b| (b[r] as f64).abs());
+        }
+    }
+    (y, mag)
+}
+
+fn check_close(got: &[f32], want: &[f64], mag: &[f64], rel: f64, what: &str) {
+    for (idx, ((&g, &w), &a)) in got.iter().zip(want).zip(mag).enumerate() {
+        let err = (g as f64 - w).abs();
+        assert!(err <= rel * a + 1e-30, "{what}: element {idx}: got {g}, want {w}, err {err} > {rel} * {a}");
+    }
+}
+
+fn mxfp4_case(rng: &mut Rng, rows: usize, n: usize) -> (Vec<u8>, Vec<u8>, Vec<f32>) {
+    let blocks = rng.bytes(rows * n / 2);
+    let scales: Vec<u8> = (0..rows * n / 32).map(|_| 115 + (rng.next_u64() % 20) as u8).collect();
+    let mut wf = vec![0f32; rows * n];
+    mxfp4::dequantize(&blocks, &scales, &mut wf);
+    (blocks, scales, wf)
+}
+
+#[test]
+fn mxfp4_matmul_all_paths_against_reference() {
+    let mut rng = Rng(7);
+    for &(m, rows, n) in &[(1, 1, 32), (1, 7, 64), (2, 13, 96), (3, 33, 160), (4, 5, 32), (5, 37, 320), (17, 64, 2880)] {
+        let (blocks, scales, wf) = mxfp4_case(&mut rng, rows, n);
+        let x: Vec<f32> = (0..m * n).map(|_| rng.uniform()).collect();
+        let bias: Vec<f32> = (0..rows).map(|_| rng.uniform()).collect();
+        let (want, mag) = reference(&x, m, &wf, rows, n, Some(&bias));
+        let w = Weight::mxfp4(&blocks, &scales, rows, n);
+        let mut scalar = vec![0f32; m * rows];
+        matmul(Isa::Scalar, &x, m, &w, Some(&bias), &mut scalar, &mut Vec::new());
+        check_close(&scalar, &want, &mag, 1e-5, "scalar");
+        for isa in simd_paths() {
+            let mut got = vec![0f32; m * rows];
+            matmul(isa, &x, m, &w, Some(&bias), &mut got, &mut Vec::new());
+            check_close(&got, &want, &mag, 1e-5, isa.name());
+            // And close to the scalar twin itself.
+            let twin: Vec<f64> = scalar.iter().map(|&v| v as f64).collect();
+            check_close(&got, &twin, &mag, 2e-5, &format!("{} vs scalar", isa.name()));
+        }
+    }
+}
+
+#[test]
+fn bf16_matmul_all_paths_against_reference() {
+    let mut rng = Rng(11);
+    for &(m, rows, n) in &[(1, 1, 1), (1, 5, 17), (2, 9, 96), (3, 4, 33), (4, 3, 7), (6, 21, 130), (9, 40, 2880)] {
+        let wf: Vec<f32> = (0..rows * n).map(|_| rng.uniform()).collect();
+        let data: Vec<u8> = wf.iter().flat_map(|&v| crate::bf16::from_f32(v).to_le_bytes()).collect();
+        let mut wq = vec![0f32; rows * n];
+        crate::bf16::widen(&data, &mut wq);
+        let x: Vec<f32> = (0..m * n).map(|_| rng.uniform()).collect();
+        let (want, mag) = reference(&x, m, &wq, rows, n, None);
+        let w = Weight::bf16(&data, rows, n);
+        for isa in Isa::available() {
+            let mut got = vec![0f32; m * rows];
+            matmul(isa, &x, m, &w, None, &mut got, &mut Vec::new());
+            check_close(&got, &want, &mag, 1e-5, isa.name());
+        }
+    }
+}
+
+#[test]
+fn mxfp4_decode_paths_match_dequantize() {
+    let mut rng = Rng(3);
+    // Every byte value in every position, scales 0..=254 (255 is NaN, checked below).
+    let blocks: Vec<u8> = (0..=255u8).collect();
+    for s in 0..=254u8 {
+        let scales = vec![s; 16];
+        let mut want = vec![0f32; 512];
+        mxfp4::dequantize(&blocks, &scales, &mut want);
+        for isa in simd_paths() {
+            let mut got = vec![0f32; 512];
+            decode_row(isa, &Weight::mxfp4(&blocks, &scales, 1, 512), 0, &mut got);
+            let mut split = vec![0f32; 512];
+            mxfp4::split_even_odd(&want, &mut split);
+            for (a, b) in got.iter().zip(&split) {
+                assert_eq!(a.to_bits(), b.to_bits(), "{} scale {s}", isa.name());
+            }
+        }
+    }
+    let nan = rng.bytes(16);
+    for isa in Isa::available() {
+        let mut got = vec![0f32; 32];
+        decode_row(isa, &Weight::mxfp4(&nan, &[255], 1, 32), 0, &mut got);
+        assert!(got.iter().all(|v| v.is_nan()));
+    }
+}

@@ -1,0 +1,1 @@
+//! The model: config, checkpoint, weights, forward pass.

@@ -1,0 +1,1 @@
+//! Runtime state: KV cache and sessions.
