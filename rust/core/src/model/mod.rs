@@ -1,1 +1,65 @@
-//! The model: config, checkpoint, weights, forward pass.
+//! The model: config, checkpoint, weights, and the forward pass.
+
+pub mod checkpoint;
+pub mod config;
+pub mod forward;
+pub mod rope;
+pub mod weights;
+
+use crate::cpu::Isa;
+use crate::error::{Error, Result};
+use crate::runtime::KvCache;
+use checkpoint::Checkpoint;
+use config::Config;
+use rope::Rope;
+use std::path::{Path, PathBuf};
+use weights::Weights;
+
+pub struct LoadOptions {
+    /// Tokens a session's KV cache holds (default: the config's max_position_embeddings).
+    pub max_context: Option<usize>,
+    /// Kernel path (from `cpu::select`).
+    pub isa: Isa,
+}
+
+/// A loaded model: the memory-mapped checkpoint and typed views into it. Immutable, so
+/// any number of sessions on any number of threads can share it.
+pub struct Model {
+    pub dir: PathBuf,
+    pub config: Config,
+    pub ckpt: Checkpoint,
+    pub weights: Weights,
+    pub rope: Rope,
+    pub isa: Isa,
+    pub max_context: usize,
+}
+
+impl Model {
+    /// Load a model folder (Hugging Face layout or OpenAI's `original/` layout).
+    /// Reads only the headers and the small 1-D tensors; the matrices stay mapped.
+    pub fn load(dir: &Path, opts: LoadOptions) -> Result<Model> {
+        if !dir.is_dir() {
+            return Err(Error::Checkpoint(format!("{}: not a folder", dir.display())));
+        }
+        let cfg_path = dir.join("config.json");
+        if !cfg_path.is_file() {
+            return Err(Error::Checkpoint(format!("{}: missing config.json", dir.display())));
+        }
+        let config = Config::from_file(&cfg_path)?;
+        let ckpt = Checkpoint::open_dir(dir)?;
+        let weights = Weights::load(&ckpt, &config)?;
+        let max_context = opts.max_context.unwrap_or(config.max_position_embeddings);
+        if max_context == 0 || max_context > config.max_position_embeddings {
+            return Err(Error::Value(format!(
+                "max_context must be in 1..={} (the model's max_position_embeddings), got {max_context}",
+                config.max_position_embeddings
+            )));
+        }
+        let rope = Rope::new(&config);
+        Ok(Model { dir: dir.to_path_buf(), config, ckpt, weights, rope, isa: opts.isa, max_context })
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.num_hidden_layers, self.config.kv_dim(), self.max_context)
+    }
+}

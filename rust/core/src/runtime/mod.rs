@@ -1,1 +1,7 @@
-//! Runtime state: KV cache and sessions.
+//! Runtime state: the KV cache and sessions.
+
+pub mod kv_cache;
+pub mod session;
+
+pub use kv_cache::KvCache;
+pub use session::{Logits, Session};

@@ -1,0 +1,333 @@
+//! The forward pass, top to bottom, as in the reference model.
+//!
+//! For T new tokens at positions p0..p0+T (p0 = tokens already cached):
+//!
+//! ```text
+//! x = embed[ids]                                         // [T, H], bf16 -> f32
+//! for layer in layers:
+//!     h = rmsnorm(x) * attn_norm
+//!     q, k, v = h @ Wq^T + bq, h @ Wk^T + bk, h @ Wv^T + bv   // [T, nH*hd], [T, nKV*hd] x2
+//!     q, k = rope(q, pos), rope(k, pos); cache += k, v
+//!     a = softmax([q.k / sqrt(hd), sink]) minus the sink column, @ V   // sliding or full
+//!     x += a @ Wo^T + bo
+//!     h = rmsnorm(x) * mlp_norm
+//!     r = h @ Wr^T + br; top-k experts per token, softmax over those k
+//!     for each expert e (its tokens batched):  x[t] += w * (swiglu(h[t] @ W1[e]^T + b1[e]) @ W2[e]^T + b2[e])
+//! logits = rmsnorm(x[wanted]) * norm @ lm_head^T          // only the rows asked for
+//! ```
+//!
+//! Prefill groups the tokens by expert so each expert's weights are read once per call.
+//! All activations, norms, softmaxes and accumulations are f32.
+
+use super::config::Attention;
+use super::rope::Rope;
+use super::weights::Layer;
+use super::Model;
+use crate::error::{Error, Result};
+use crate::kernels::{self, Weight};
+use crate::runtime::kv_cache::{KvCache, LayerKv};
+use crate::runtime::Logits;
+use rayon::prelude::*;
+
+/// SwiGLU's sigmoid slope (gpt-oss uses a fixed 1.702).
+const SWIGLU_ALPHA: f32 = 1.702;
+
+/// Buffers reused from call to call (grown once, never shrunk).
+#[derive(Default)]
+pub struct Workspace {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    o: Vec<f32>,
+    router: Vec<f32>,
+    xin: Vec<f32>,
+    gu: Vec<f32>,
+    act: Vec<f32>,
+    y: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    scratch: Vec<f32>,
+    routes: Vec<(usize, usize, f32)>,
+    /// When set, every layer's router logits [T, E] are appended here.
+    router_log: Option<Vec<f32>>,
+}
+
+/// `v[..n]`, growing `v` if needed.
+fn buf(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w, rows of length w.len().
+fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let ms = xr.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / n as f64;
+        let inv = 1.0 / ((ms as f32) + eps).sqrt();
+        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
+            *o = g * (v * inv);
+        }
+    }
+}
+
+/// Interleaved gate/up [m, 2I] -> clamped SwiGLU with the +1 on up [m, I].
+fn swiglu(gu: &[f32], limit: f32, out: &mut [f32]) {
+    for (o, pair) in out.iter_mut().zip(gu.chunks_exact(2)) {
+        let gate = pair[0].min(limit);
+        let up = pair[1].clamp(-limit, limit);
+        let glu = gate * (1.0 / (1.0 + (-SWIGLU_ALPHA * gate).exp()));
+        *o = (up + 1.0) * glu;
+    }
+}
+
+/// The top-k experts of one token's router logits and their mixing weights (softmax
+/// over the k chosen logits). Descending logit; ties keep the lower index first.
+/// `order` is scratch of any content.
+pub fn route(logits: &[f32], k: usize, order: &mut Vec<usize>, out: &mut Vec<(usize, f32)>) {
+    order.clear();
+    order.extend(0..logits.len());
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    let max = logits[order[0]];
+    out.clear();
+    out.extend(order[..k].iter().map(|&e| (e, (logits[e] - max).exp())));
+    let sum: f32 = out.iter().map(|p| p.1).sum();
+    for p in out.iter_mut() {
+        p.1 /= sum;
+    }
+}
+
+/// Pointer for parallel tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct Disjoint(*mut f32);
+unsafe impl Send for Disjoint {}
+unsafe impl Sync for Disjoint {}
+
+impl Model {
+    fn matmul(&self, x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, out: &mut [f32], scratch: &mut Vec<f32>) {
+        kernels::matmul(self.isa, x, m, w, bias, out, scratch);
+    }
+
+    /// Run `ids` through the model after what `cache` holds, appending their K/V.
+    /// Returns logits [rows, vocab] for the rows `want` selects. With `hidden`, records
+    /// the residual stream after the embedding and after each layer: [layers+1, T, H].
+    pub fn forward(
+        &self,
+        cache: &mut KvCache,
+        ws: &mut Workspace,
+        ids: &[u32],
+        want: Logits,
+        mut hidden: Option<&mut Vec<f32>>,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let (t_n, hd) = (ids.len(), c.hidden_size);
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(Error::Value(format!("token id {bad} is out of range for the vocabulary of {}", c.vocab_size)));
+        }
+        // A step interrupted by a panic may have left K/V rows past len: drop them.
+        cache.rollback();
+        cache.check_room(t_n)?;
+        if t_n == 0 {
+            return Ok(Vec::new());
+        }
+        let p0 = cache.len();
+        let ck = &self.ckpt;
+        let w = &self.weights;
+
+        // x = embed[ids]: [T, H]
+        let x = buf(&mut ws.x, t_n * hd);
+        let embed = ck.bytes(&w.embed);
+        for (t, &id) in ids.iter().enumerate() {
+            let row = &embed[id as usize * hd * 2..(id as usize + 1) * hd * 2];
+            crate::bf16::widen(row, &mut x[t * hd..(t + 1) * hd]);
+        }
+        if let Some(hs) = hidden.as_deref_mut() {
+            hs.clear();
+            hs.extend_from_slice(x);
+        }
+
+        // cos/sin of every new position: [T, head_dim/2]
+        let half = c.head_dim / 2;
+        let cos = buf(&mut ws.cos, t_n * half);
+        let sin = buf(&mut ws.sin, t_n * half);
+        for t in 0..t_n {
+            self.rope.cos_sin(p0 + t, &mut cos[t * half..(t + 1) * half], &mut sin[t * half..(t + 1) * half]);
+        }
+
+        for (li, layer) in w.layers.iter().enumerate() {
+            self.attention_block(layer, &mut cache.layers[li], p0, t_n, ws);
+            self.moe_block(layer, t_n, ws);
+            if let Some(hs) = hidden.as_deref_mut() {
+                hs.extend_from_slice(&ws.x[..t_n * hd]);
+            }
+        }
+        cache.commit(t_n);
+
+        // logits = rmsnorm(x[rows]) * norm @ lm_head^T
+        let rows: Vec<usize> = match want {
+            Logits::None => return Ok(Vec::new()),
+            Logits::Last => vec![t_n - 1],
+            Logits::All => (0..t_n).collect(),
+        };
+        let h = buf(&mut ws.h, rows.len() * hd);
+        for (i, &t) in rows.iter().enumerate() {
+            rmsnorm(&ws.x[t * hd..(t + 1) * hd], &w.norm, c.rms_norm_eps, &mut h[i * hd..(i + 1) * hd]);
+        }
+        let mut logits = vec![0f32; rows.len() * c.vocab_size];
+        self.matmul(h, rows.len(), &w.lm_head.weight(ck), None, &mut logits, &mut ws.scratch);
+        Ok(logits)
+    }
+
+    /// x += attention(rmsnorm(x)) for T tokens at p0.., appending their K/V to `kv`.
+    fn attention_block(&self, layer: &Layer, kv: &mut LayerKv, p0: usize, t_n: usize, ws: &mut Workspace) {
+        let c = &self.config;
+        let ck = &self.ckpt;
+        let (hd, head_dim) = (c.hidden_size, c.head_dim);
+        let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
+        let half = head_dim / 2;
+
+        let h = buf(&mut ws.h, t_n * hd);
+        rmsnorm(&ws.x[..t_n * hd], &layer.attn_norm, c.rms_norm_eps, h);
+        // h[T, H] @ Wq[q_dim, H]^T -> q[T, q_dim]; likewise k, v -> [T, kv_dim]
+        let q = buf(&mut ws.q, t_n * q_dim);
+        let k = buf(&mut ws.k, t_n * kv_dim);
+        let v = buf(&mut ws.v, t_n * kv_dim);
+        self.matmul(h, t_n, &layer.q.weight(ck), Some(&layer.q_bias), q, &mut ws.scratch);
+        self.matmul(h, t_n, &layer.k.weight(ck), Some(&layer.k_bias), k, &mut ws.scratch);
+        self.matmul(h, t_n, &layer.v.weight(ck), Some(&layer.v_bias), v, &mut ws.scratch);
+        for t in 0..t_n {
+            let (cs, sn) = (&ws.cos[t * half..(t + 1) * half], &ws.sin[t * half..(t + 1) * half]);
+            for head in q[t * q_dim..(t + 1) * q_dim].chunks_exact_mut(head_dim) {
+                Rope::apply(head, cs, sn);
+            }
+            for head in k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(head_dim) {
+                Rope::apply(head, cs, sn);
+            }
+        }
+        kv.k.extend_from_slice(k);
+        kv.v.extend_from_slice(v);
+
+        let attn = buf(&mut ws.attn, t_n * q_dim);
+        self.attend(layer, q, kv, p0, t_n, attn);
+        // attn[T, q_dim] @ Wo[H, q_dim]^T -> o[T, H]; x += o
+        let o = buf(&mut ws.o, t_n * hd);
+        self.matmul(attn, t_n, &layer.o.weight(ck), Some(&layer.o_bias), o, &mut ws.scratch);
+        for (xv, ov) in ws.x[..t_n * hd].iter_mut().zip(o.iter()) {
+            *xv += ov;
+        }
+    }
+
+    /// Scaled dot-product attention with a learned sink per head, over the visible keys
+    /// (all up to the query, or the last `sliding_window` including it). One task per
+    /// (token, kv head) handles the query heads that share that kv head.
+    fn attend(&self, layer: &Layer, q: &[f32], kv: &LayerKv, p0: usize, t_n: usize, out: &mut [f32]) {
+        let c = &self.config;
+        let (nh, nkv, head_dim) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
+        let group = nh / nkv;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let window = match layer.attention {
+            Attention::Sliding => Some(c.sliding_window),
+            Attention::Full => None,
+        };
+        let optr = Disjoint(out.as_mut_ptr());
+        (0..t_n * nkv).into_par_iter().for_each(|task| {
+            let optr = optr;
+            let (t, g) = (task / nkv, task % nkv);
+            let pos = p0 + t;
+            let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let nkeys = pos + 1 - lo;
+            let mut scores = vec![0f32; nkeys];
+            for hh in 0..group {
+                let head = g * group + hh;
+                let qh = &q[t * q_dim + head * head_dim..t * q_dim + (head + 1) * head_dim];
+                for (j, s) in scores.iter_mut().enumerate() {
+                    let kr = &kv.k[(lo + j) * kv_dim + g * head_dim..(lo + j) * kv_dim + (g + 1) * head_dim];
+                    *s = qh.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale;
+                }
+                let sink = layer.sinks[head];
+                let max = scores.iter().fold(sink, |m, &s| m.max(s));
+                let mut denom = (sink - max).exp();
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    denom += *s;
+                }
+                // SAFETY: (t, head) is written by this task only; in bounds of [T, q_dim].
+                let oh = unsafe { std::slice::from_raw_parts_mut(optr.0.add(t * q_dim + head * head_dim), head_dim) };
+                oh.fill(0.0);
+                for (j, &e) in scores.iter().enumerate() {
+                    let p = e / denom;
+                    let vr = &kv.v[(lo + j) * kv_dim + g * head_dim..(lo + j) * kv_dim + (g + 1) * head_dim];
+                    for (o, &vv) in oh.iter_mut().zip(vr) {
+                        *o += p * vv;
+                    }
+                }
+            }
+        });
+    }
+
+    /// x += MoE(rmsnorm(x)): route each token to its top-k experts and run each expert
+    /// once on all the tokens routed to it.
+    fn moe_block(&self, layer: &Layer, t_n: usize, ws: &mut Workspace) {
+        let c = &self.config;
+        let ck = &self.ckpt;
+        let (hd, inter, ne, topk) = (c.hidden_size, c.intermediate_size, c.num_local_experts, c.num_experts_per_tok);
+
+        let h = buf(&mut ws.h, t_n * hd);
+        rmsnorm(&ws.x[..t_n * hd], &layer.mlp_norm, c.rms_norm_eps, h);
+        // h[T, H] @ Wr[E, H]^T -> r[T, E]
+        let r = buf(&mut ws.router, t_n * ne);
+        self.matmul(h, t_n, &layer.router.weight(ck), Some(&layer.router_bias), r, &mut ws.scratch);
+
+        if let Some(log) = ws.router_log.as_mut() {
+            log.extend_from_slice(r);
+        }
+        // (expert, token, weight) for every routing decision, then grouped by expert.
+        ws.routes.clear();
+        let (mut order, mut top) = (Vec::with_capacity(ne), Vec::with_capacity(topk));
+        for t in 0..t_n {
+            route(&r[t * ne..(t + 1) * ne], topk, &mut order, &mut top);
+            ws.routes.extend(top.iter().map(|&(e, wgt)| (e, t, wgt)));
+        }
+        ws.routes.sort_by_key(|&(e, t, _)| (e, t));
+
+        let mut start = 0;
+        while start < ws.routes.len() {
+            let e = ws.routes[start].0;
+            let end = start + ws.routes[start..].iter().take_while(|r| r.0 == e).count();
+            let m = end - start;
+            // gather the expert's tokens: xin[m, H]
+            let xin = buf(&mut ws.xin, m * hd);
+            for (i, &(_, t, _)) in ws.routes[start..end].iter().enumerate() {
+                xin[i * hd..(i + 1) * hd].copy_from_slice(&h[t * hd..(t + 1) * hd]);
+            }
+            // xin[m, H] @ W1[e][2I, H]^T -> gu[m, 2I]; swiglu -> act[m, I]
+            let gu = buf(&mut ws.gu, m * 2 * inter);
+            self.matmul(xin, m, &layer.mlp1.weight(ck, e), Some(layer.mlp1.bias(e)), gu, &mut ws.scratch);
+            let act = buf(&mut ws.act, m * inter);
+            swiglu(gu, c.swiglu_limit, act);
+            // act[m, I] @ W2[e][H, I]^T -> y[m, H]
+            let y = buf(&mut ws.y, m * hd);
+            self.matmul(act, m, &layer.mlp2.weight(ck, e), Some(layer.mlp2.bias(e)), y, &mut ws.scratch);
+            for (i, &(_, t, wgt)) in ws.routes[start..end].iter().enumerate() {
+                for (xv, &yv) in ws.x[t * hd..(t + 1) * hd].iter_mut().zip(&y[i * hd..(i + 1) * hd]) {
+                    *xv += wgt * yv;
+                }
+            }
+            start = end;
+        }
+    }
+
+    /// Every layer's router logits for `ids` on a fresh context: [layers, T, experts].
+    /// For tests that check routing against the references.
+    pub fn router_logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let mut cache = self.new_cache();
+        let mut ws = Workspace { router_log: Some(Vec::new()), ..Workspace::default() };
+        self.forward(&mut cache, &mut ws, ids, Logits::None, None)?;
+        Ok(ws.router_log.unwrap_or_default())
+    }
+}

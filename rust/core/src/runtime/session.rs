@@ -1,0 +1,65 @@
+//! A session: one conversation's KV cache plus the token ids it holds.
+
+use super::kv_cache::KvCache;
+use crate::error::{Error, Result};
+use crate::model::forward::Workspace;
+use crate::model::Model;
+use std::sync::Arc;
+
+/// Which positions' logits `append` computes (lm_head runs only there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    None,
+    Last,
+    All,
+}
+
+pub struct Session {
+    pub model: Arc<Model>,
+    pub cache: KvCache,
+    pub tokens: Vec<u32>,
+    ws: Workspace,
+}
+
+impl Session {
+    pub fn new(model: Arc<Model>) -> Session {
+        let cache = model.new_cache();
+        Session { model, cache, tokens: Vec::new(), ws: Workspace::default() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+
+    /// Feed `ids` after what is cached; returns logits [rows, vocab] as asked.
+    pub fn append(&mut self, ids: &[u32], logits: Logits) -> Result<Vec<f32>> {
+        let out = self.model.forward(&mut self.cache, &mut self.ws, ids, logits, None)?;
+        self.tokens.extend_from_slice(ids);
+        Ok(out)
+    }
+
+    /// Like `append` but records the residual stream after the embedding and after every
+    /// layer into `hidden` ([layers+1, len(ids), hidden]).
+    pub fn append_with_hidden(&mut self, ids: &[u32], logits: Logits, hidden: &mut Vec<f32>) -> Result<Vec<f32>> {
+        let out = self.model.forward(&mut self.cache, &mut self.ws, ids, logits, Some(hidden))?;
+        self.tokens.extend_from_slice(ids);
+        Ok(out)
+    }
+
+    pub fn truncate(&mut self, n: usize) -> Result<()> {
+        if n > self.len() {
+            return Err(Error::Value(format!("cannot truncate to {n} tokens: the session holds {}", self.len())));
+        }
+        self.cache.truncate(n)?;
+        self.tokens.truncate(n);
+        Ok(())
+    }
+
+    pub fn reset(&mut self) {
+        self.truncate(0).expect("truncate(0) always fits");
+    }
+}
