@@ -9,6 +9,7 @@ from __future__ import annotations
 from . import bf16, mxfp4
 from ._core import __version__
 from ._errors import CheckpointError, ContextLengthError, GptOssError
+from .model import Model, Session, load
 
 __all__ = [
     "__version__",
@@ -18,6 +19,9 @@ __all__ = [
     "cpu_features",
     "mxfp4",
     "bf16",
+    "load",
+    "Model",
+    "Session",
 ]
 
 
