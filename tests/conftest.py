@@ -5,6 +5,11 @@ from pathlib import Path
 
 import pytest
 
+import tempfile
+
+# Derived files (the harmony vocabulary, the demo model) go to a throwaway cache.
+os.environ.setdefault("GPTOSS_NATIVE_CACHE", tempfile.mkdtemp(prefix="gptoss-native-test-cache-"))
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 FIXTURES = SHARED / "fixtures"

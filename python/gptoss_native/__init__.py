@@ -9,7 +9,9 @@ from __future__ import annotations
 from . import bf16, mxfp4
 from ._core import __version__
 from ._errors import CheckpointError, ContextLengthError, GptOssError
+from .chat import ChatEvent, ChatResponse, parse_completion, render_chat
 from .model import Model, Session, load
+from .tokenizer import Tokenizer
 
 __all__ = [
     "__version__",
@@ -22,6 +24,11 @@ __all__ = [
     "load",
     "Model",
     "Session",
+    "Tokenizer",
+    "render_chat",
+    "parse_completion",
+    "ChatResponse",
+    "ChatEvent",
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Sequence
@@ -114,6 +115,8 @@ class Model:
         self.precision = precision
         self.config = SimpleNamespace(**json.loads(core.config_json()))
         self._tokenizer = None
+        self._chat_lock = threading.Lock()
+        self._chat_sess: Session | None = None
 
     def __repr__(self) -> str:
         c = self.config
@@ -165,6 +168,36 @@ class Model:
     def session(self) -> Session:
         """A new session with its own KV cache (up to `max_context` tokens)."""
         return Session(self, self._core.session())
+
+    def _chat_session(self) -> Session:
+        """The session `chat` keeps across turns (callers hold `_chat_lock`)."""
+        if self._chat_sess is None:
+            self._chat_sess = self.session()
+        return self._chat_sess
+
+    def tokenizer_json_path(self) -> Path | None:
+        """The tokenizer.json harmony's vocabulary is derived from (None if there is none)."""
+        src = getattr(self.tokenizer, "source", None) if self._tokenizer is not None else None
+        if src is not None and Path(src).suffix == ".json":
+            return Path(src)
+        for cand in (self.path / "tokenizer.json", self.path.parent / "tokenizer.json"):
+            if cand.is_file():
+                return cand
+        return None
+
+    def generate(self, prompt_ids: Sequence[int] | np.ndarray, **kwargs):
+        """New token ids after `prompt_ids`: see `gptoss_native.generate.generate` for the
+        sampling controls (temperature 0 is greedy; a fixed seed repeats the same tokens)."""
+        from .generate import generate
+
+        return generate(self, prompt_ids, **kwargs)
+
+    def chat(self, messages, **kwargs):
+        """One assistant turn in the harmony format (see `gptoss_native.generate.chat`).
+        The KV cache is kept between calls and its common prefix with the new prompt reused."""
+        from .generate import chat
+
+        return chat(self, messages, **kwargs)
 
 
 def load(

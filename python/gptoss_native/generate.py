@@ -1,0 +1,303 @@
+"""Sampling and the generation loop (numpy on the logits; no Python loop over the vocabulary)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+
+__all__ = ["SamplingParams", "Sampler", "Step", "generate_steps"]
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    #: how many top alternatives to report per token (None: no logprobs)
+    logprobs: int | None = None
+
+    def validate(self) -> "SamplingParams":
+        def bad(msg: str):
+            raise ValueError(msg)
+
+        if not (self.temperature >= 0 and np.isfinite(self.temperature)):
+            bad(f"temperature must be >= 0, got {self.temperature}")
+        if not (0 < self.top_p <= 1):
+            bad(f"top_p must be in (0, 1], got {self.top_p}")
+        if not (isinstance(self.top_k, int) and self.top_k >= 0):
+            bad(f"top_k must be an int >= 0 (0 = off), got {self.top_k}")
+        if not (0 <= self.min_p <= 1):
+            bad(f"min_p must be in [0, 1], got {self.min_p}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            v = getattr(self, name)
+            if not (-2 <= v <= 2):
+                bad(f"{name} must be in [-2, 2], got {v}")
+        if self.logprobs is not None and not (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20):
+            bad(f"logprobs (top alternatives) must be an int in [0, 20], got {self.logprobs}")
+        return self
+
+
+@dataclass
+class Step:
+    token: int
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] = field(default_factory=list)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    m = x.max()
+    return x - (m + np.log(np.exp(x - m).sum()))
+
+
+class Sampler:
+    """Turns one row of logits into a token, with penalties over the tokens generated so far."""
+
+    def __init__(self, params: SamplingParams, vocab_size: int):
+        self.p = params.validate()
+        self.rng = np.random.default_rng(params.seed)
+        self.counts = np.zeros(vocab_size, dtype=np.int32)
+
+    def __call__(self, logits: np.ndarray) -> Step:
+        p = self.p
+        x = logits.astype(np.float64, copy=True)
+        if p.presence_penalty or p.frequency_penalty:
+            x -= p.presence_penalty * (self.counts > 0) + p.frequency_penalty * self.counts
+        if p.temperature == 0:
+            tok = int(np.argmax(x))
+        else:
+            z = x / p.temperature
+            if p.top_k and p.top_k < z.size:
+                kth = np.partition(z, -p.top_k)[-p.top_k]
+                z = np.where(z >= kth, z, -np.inf)
+            probs = np.exp(z - z.max())
+            probs /= probs.sum()
+            if p.min_p > 0:
+                probs = np.where(probs >= p.min_p * probs.max(), probs, 0.0)
+            if p.top_p < 1.0:
+                order = np.argsort(-probs, kind="stable")
+                csum = np.cumsum(probs[order])
+                keep = order[: int(np.searchsorted(csum, p.top_p * csum[-1])) + 1]
+                mask = np.zeros_like(probs)
+                mask[keep] = 1.0
+                probs = probs * mask
+            probs /= probs.sum()
+            tok = int(self.rng.choice(probs.size, p=probs))
+        self.counts[tok] += 1
+        step = Step(tok)
+        if p.logprobs is not None:
+            lp = _log_softmax(x)
+            step.logprob = float(lp[tok])
+            if p.logprobs:
+                top = np.argpartition(-lp, p.logprobs)[: p.logprobs]
+                top = top[np.argsort(-lp[top], kind="stable")]
+                step.top_logprobs = [(int(i), float(lp[i])) for i in top]
+        return step
+
+
+def generate_steps(
+    session,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    max_new_tokens: int,
+    stop_token_ids: Sequence[int] = (),
+    vocab_size: int | None = None,
+) -> Iterator[Step]:
+    """Append `prompt_ids` to `session`, then sample up to `max_new_tokens` tokens,
+    stopping after a stop token (which is yielded). Each new token is fed back into the
+    session before the next is sampled, so the session ends holding prompt + output
+    (minus the last token, which needs no forward pass)."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    stops = set(int(t) for t in stop_token_ids)
+    logits = session.append(list(prompt_ids)) if len(prompt_ids) else None
+    if max_new_tokens == 0:
+        return
+    if logits is None:
+        raise ValueError("generation needs at least one prompt token (or a session that has some)")
+    sampler = Sampler(params, vocab_size or logits.shape[-1])
+    for i in range(max_new_tokens):
+        step = sampler(logits[0])
+        yield step
+        if step.token in stops or i + 1 == max_new_tokens:
+            return
+        logits = session.append([step.token])
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    x = np.asarray(a[:n], dtype=np.int64) != np.asarray(b[:n], dtype=np.int64)
+    return int(x.argmax()) if x.any() else n
+
+
+def _stop_strings(stop) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop] if stop else []
+    out = [s for s in stop if isinstance(s, str) and s]
+    if len(out) != len(list(stop)):
+        raise ValueError("stop must be a string or a list of non-empty strings")
+    return out
+
+
+def generate(
+    model,
+    prompt_ids: Sequence[int],
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    min_p: float = 0.0,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    seed: int | None = None,
+    stop_token_ids: Sequence[int] | None = None,
+    stop: str | Sequence[str] | None = None,
+    stream: bool = False,
+    session=None,
+):
+    """New token ids for `prompt_ids` (a list, or an iterator of ids with stream=True).
+
+    Stops after a stop token id (default: the config's eos ids; the stop token is
+    included) or once the decoded output contains a stop string (the output ends with
+    the token that completed it)."""
+    from .model import _ids
+
+    params = SamplingParams(temperature, top_p, top_k, min_p, presence_penalty, frequency_penalty, seed).validate()
+    prompt = _ids(prompt_ids)
+    if stop_token_ids is None:
+        eos = model.config.eos_token_id
+        stop_token_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    strings = _stop_strings(stop)
+    sess = session if session is not None else model.session()
+    max_new = min(int(max_new_tokens), max(0, sess.max_context - len(sess) - len(prompt)))
+    if len(sess) + len(prompt) > sess.max_context:
+        from ._errors import ContextLengthError
+
+        raise ContextLengthError(f"prompt of {len(prompt)} tokens does not fit the context of {sess.max_context}")
+
+    def run() -> Iterator[int]:
+        out: list[int] = []
+        for step in generate_steps(sess, prompt, params, max_new, stop_token_ids, model.config.vocab_size):
+            out.append(step.token)
+            yield step.token
+            if strings:
+                text = model.tokenizer.decode(out)
+                if any(s in text for s in strings):
+                    return
+
+    return run() if stream else list(run())
+
+
+def chat(
+    model,
+    messages,
+    *,
+    reasoning_effort: str = "medium",
+    tools=None,
+    max_new_tokens: int | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    min_p: float = 0.0,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    seed: int | None = None,
+    stop: str | Sequence[str] | None = None,
+    logprobs: bool = False,
+    top_logprobs: int = 0,
+    current_date=...,
+    stream: bool = False,
+    session=None,
+):
+    """One assistant turn in the harmony format: render, reuse the cached prefix,
+    prefill the rest, decode until `<|return|>` or `<|call|>`, parse. Returns a
+    ChatResponse, or an iterator of ChatEvents (the last, "done", carries the response)."""
+    from ._errors import ContextLengthError
+    from .chat import ChatEvent, StreamDecoder, harmony_encoding, render_chat
+
+    tok_json = model.tokenizer_json_path()
+    prompt = render_chat(
+        messages, reasoning_effort=reasoning_effort, tools=tools, current_date=current_date, tokenizer_json=tok_json
+    )
+    params = SamplingParams(
+        temperature, top_p, top_k, min_p, presence_penalty, frequency_penalty, seed,
+        logprobs=(int(top_logprobs) if logprobs else None),
+    ).validate()
+    strings = _stop_strings(stop)
+    enc = harmony_encoding(tok_json)
+    stop_ids = list(enc.stop_tokens_for_assistant_actions())  # <|return|>, <|call|>
+
+    def run() -> Iterator[ChatEvent]:
+        lock = model._chat_lock if session is None else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            sess = session if session is not None else model._chat_session()
+            if len(prompt) > sess.max_context:
+                raise ContextLengthError(
+                    f"the prompt has {len(prompt)} tokens, more than the context of {sess.max_context}"
+                )
+            # Prefix reuse: keep the common prefix (at least the last prompt token is re-fed
+            # so that its logits exist).
+            cached = min(_common_prefix(sess.tokens, prompt), len(prompt) - 1)
+            sess.truncate(cached)
+            room = sess.max_context - len(prompt)
+            max_new = room if max_new_tokens is None else min(int(max_new_tokens), room)
+            decoder = StreamDecoder(enc)
+            tokens: list[int] = []
+            lps: list[dict] = []
+            content = ""
+            hit_stop = False
+            for step in generate_steps(sess, prompt[cached:], params, max_new, stop_ids, model.config.vocab_size):
+                tokens.append(step.token)
+                if params.logprobs is not None:
+                    lps.append({"token": step.token, "logprob": step.logprob,
+                                "top_logprobs": [{"token": t, "logprob": lp} for t, lp in step.top_logprobs]})
+                for ev in decoder.feed(step.token):
+                    if ev.type == "content" and strings:
+                        before = len(content)
+                        content += ev.delta
+                        cut = min((content.find(s) for s in strings if s in content), default=-1)
+                        if cut >= 0:
+                            if cut > before:
+                                yield ChatEvent("content", content[before:cut])
+                            content = content[:cut]
+                            hit_stop = True
+                            break
+                    yield ev
+                if hit_stop:
+                    break
+            resp = decoder.finish(tokens)
+            if hit_stop:
+                resp.content = content
+                resp.finish_reason = "stop"
+            elif tokens and tokens[-1] not in stop_ids and len(tokens) >= max_new:
+                resp.finish_reason = "length"
+            resp.usage = {
+                "prompt_tokens": len(prompt),
+                "completion_tokens": len(tokens),
+                "total_tokens": len(prompt) + len(tokens),
+                "prompt_tokens_details": {"cached_tokens": cached},
+            }
+            resp.logprobs = lps if params.logprobs is not None else None
+            yield ChatEvent("done", response=resp)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    if stream:
+        return run()
+    last = None
+    for ev in run():
+        last = ev
+    return last.response
