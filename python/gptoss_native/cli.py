@@ -54,6 +54,40 @@ def _kernel_self_check() -> list[str]:
     return lines
 
 
+def _find_tokenizer(explicit: str | None) -> Path | None:
+    """The demo's tokenizer, in order: --tokenizer PATH; TIKTOKEN_ENCODINGS_BASE; a
+    gpt-oss model in the Hugging Face cache."""
+    if explicit:
+        p = Path(explicit).expanduser()
+        if p.is_dir():
+            for name in ("tokenizer.json", "o200k_base.tiktoken"):
+                if (p / name).is_file():
+                    return p / name
+            raise FileNotFoundError(f"{p} holds neither tokenizer.json nor o200k_base.tiktoken")
+        if not p.is_file():
+            raise FileNotFoundError(f"tokenizer {p} does not exist")
+        return p
+    env = os.environ.get("TIKTOKEN_ENCODINGS_BASE")
+    if env and (Path(env) / "o200k_base.tiktoken").is_file():
+        return Path(env) / "o200k_base.tiktoken"
+    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"), "hub"
+    )
+    for repo in ("models--openai--gpt-oss-20b", "models--openai--gpt-oss-120b"):
+        for cand in sorted(Path(hub, repo, "snapshots").glob("*/tokenizer.json")):
+            return cand
+    return None
+
+
+def _use_tokenizer(model, path: Path) -> None:
+    """Attach `path` as the model's tokenizer, and make harmony's vocabulary reachable."""
+    from .tokenizer import Tokenizer
+
+    model.tokenizer = Tokenizer.from_file(path)
+    if path.suffix == ".tiktoken" and path.name == "o200k_base.tiktoken":
+        os.environ.setdefault("TIKTOKEN_ENCODINGS_BASE", str(path.parent))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -84,22 +118,169 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Loaded {model_dir} in {time.perf_counter() - t0:.2f} s: {model}")
     print("The weights are random: whatever it generates is noise.")
 
-    prompt = list(range(1000, 1000 + args.prompt_tokens))
+    tok_path = _find_tokenizer(args.tokenizer)
+    if tok_path is None:
+        prompt = list(range(1000, 1000 + args.prompt_tokens))
+        print("No tokenizer found: running the token-level part only. For the chat turn, pass "
+              "--tokenizer PATH (a gpt-oss tokenizer.json or o200k_base.tiktoken) or set TIKTOKEN_ENCODINGS_BASE.")
+        sess = model.session()
+        t0 = time.perf_counter()
+        logits = sess.append(prompt)
+        t_prefill = time.perf_counter() - t0
+        out = []
+        t0 = time.perf_counter()
+        for _ in range(args.new_tokens):
+            out.append(int(np.argmax(logits[0])))
+            logits = sess.append([out[-1]])
+        t_decode = time.perf_counter() - t0
+        print(f"Prefill {len(prompt)} tokens: {len(prompt) / t_prefill:.1f} tok/s; "
+              f"greedy decode {len(out)} tokens: {len(out) / t_decode:.1f} tok/s")
+        print(f"Token ids: {out}")
+        return 0
+
+    from .chat import StreamDecoder, harmony_encoding, render_chat
+    from .generate import Sampler, SamplingParams
+
+    _use_tokenizer(model, tok_path)
+    print(f"Tokenizer: {tok_path}")
+    messages = [{"role": "user", "content": "Say hello in three languages."}]
+    tok_json = model.tokenizer_json_path()
+    prompt = render_chat(messages, reasoning_effort="low", tokenizer_json=tok_json)
+    enc = harmony_encoding(tok_json)
+    print(f"Rendered the harmony prompt: {len(prompt)} tokens")
     sess = model.session()
     t0 = time.perf_counter()
     logits = sess.append(prompt)
     t_prefill = time.perf_counter() - t0
-    out = []
+    sampler = Sampler(SamplingParams(temperature=1.0, seed=0), model.config.vocab_size)
+    decoder = StreamDecoder(enc)
+    stops = set(enc.stop_tokens_for_assistant_actions())
+    out: list[int] = []
+    print("Streaming the reply (parsed by harmony's streaming parser):")
     t0 = time.perf_counter()
     for _ in range(args.new_tokens):
-        tok = int(np.argmax(logits[0]))
+        tok = sampler(logits[0]).token
         out.append(tok)
+        for ev in decoder.feed(tok):
+            print(f"  [{ev.type}] {ev.delta!r}")
+        if tok in stops:
+            break
         logits = sess.append([tok])
     t_decode = time.perf_counter() - t0
+    resp = decoder.finish(out)
+    print(f"Raw completion text: {model.tokenizer.decode(out)!r}")
+    print(f"Parsed: content={resp.content!r} reasoning={resp.reasoning!r} tool_calls={len(resp.tool_calls)} "
+          f"finish_reason={resp.finish_reason}")
     print(f"Prefill {len(prompt)} tokens: {len(prompt) / t_prefill:.1f} tok/s; "
-          f"greedy decode {len(out)} tokens: {len(out) / t_decode:.1f} tok/s")
-    print(f"Token ids: {out}")
+          f"decode {len(out)} tokens: {len(out) / t_decode:.1f} tok/s")
     return 0
+
+
+def _print_stream(events, show_reasoning: bool, dim: bool) -> object:
+    """Print a chat stream; returns the final response."""
+    resp = None
+    in_reasoning = False
+    for ev in events:
+        if ev.type == "reasoning":
+            if show_reasoning:
+                if not in_reasoning:
+                    sys.stdout.write("\x1b[2m" if dim else "[reasoning] ")
+                    in_reasoning = True
+                sys.stdout.write(ev.delta)
+        else:
+            if in_reasoning:
+                sys.stdout.write("\x1b[0m\n" if dim else "\n")
+                in_reasoning = False
+            if ev.type == "content":
+                sys.stdout.write(ev.delta)
+            elif ev.type == "tool_call" and ev.tool_call and ev.tool_call.get("name"):
+                sys.stdout.write(f"\n[tool call {ev.tool_call['name']}] ")
+            elif ev.type == "tool_call":
+                sys.stdout.write(ev.delta)
+            elif ev.type == "done":
+                resp = ev.response
+        sys.stdout.flush()
+    if in_reasoning and dim:
+        sys.stdout.write("\x1b[0m")
+    sys.stdout.write("\n")
+    return resp
+
+
+def _load_for_chat(args):
+    import gptoss_native as gn
+
+    from tqdm import tqdm
+
+    with tqdm(total=1, desc="loading", disable=not sys.stderr.isatty(), leave=False) as bar:
+        model = gn.load(args.model, threads=args.threads, max_context=args.max_context)
+        bar.update(1)
+    if getattr(args, "tokenizer", None):
+        _use_tokenizer(model, Path(args.tokenizer).expanduser())
+    return model
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    model = _load_for_chat(args)
+    t0 = time.perf_counter()
+    resp = model.chat(
+        [{"role": "user", "content": args.prompt}],
+        reasoning_effort=args.reasoning_effort,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+    )
+    dt = time.perf_counter() - t0
+    if args.show_reasoning and resp.reasoning:
+        print(f"[reasoning] {resp.reasoning}")
+    print(resp.content)
+    if args.stats:
+        u = resp.usage
+        print(f"[{u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens in {dt:.2f} s: "
+              f"{u['completion_tokens'] / dt:.1f} tok/s overall; finish_reason={resp.finish_reason}]", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    model = _load_for_chat(args)
+    effort = args.reasoning_effort
+    messages: list[dict] = []
+    dim = sys.stdout.isatty()
+    print(f"gptoss-native chat: {model.path} (/reset, /effort low|medium|high, /quit; Ctrl-C stops a reply)")
+    while True:
+        try:
+            line = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        cmd = line.strip()
+        if not cmd:
+            continue
+        if cmd in ("/quit", "/exit"):
+            return 0
+        if cmd == "/reset":
+            messages.clear()
+            print("(conversation reset)")
+            continue
+        if cmd.startswith("/effort"):
+            parts = cmd.split()
+            if len(parts) == 2 and parts[1] in ("low", "medium", "high"):
+                effort = parts[1]
+                print(f"(reasoning effort: {effort})")
+            else:
+                print("usage: /effort low|medium|high")
+            continue
+        messages.append({"role": "user", "content": line})
+        events = model.chat(messages, reasoning_effort=effort, max_new_tokens=args.max_new_tokens,
+                            temperature=args.temperature, seed=args.seed, stream=True)
+        try:
+            resp = _print_stream(events, args.show_reasoning, dim)
+        except KeyboardInterrupt:
+            events.close()
+            print("\n(reply stopped)")
+            messages.pop()
+            continue
+        if resp is not None:
+            messages.append(resp.to_message())
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -122,6 +303,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--prompt-tokens", type=int, default=32)
     d.add_argument("--new-tokens", type=int, default=16)
     d.set_defaults(func=cmd_demo)
+
+    for name, helptext in (("chat", "interactive chat, streamed"), ("generate", "one-shot answer to PROMPT")):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("model", help="model folder (HF layout or original/) or hub id")
+        if name == "generate":
+            c.add_argument("prompt")
+            c.add_argument("--stats", action="store_true", help="print token counts and tok/s")
+        c.add_argument("-r", "--reasoning-effort", choices=["low", "medium", "high"], default="medium")
+        c.add_argument("--show-reasoning", action="store_true", help="show the chain of thought (dim)")
+        c.add_argument("--max-new-tokens", type=int, default=None)
+        c.add_argument("--temperature", type=float, default=1.0)
+        c.add_argument("--seed", type=int, default=None)
+        c.add_argument("--threads", type=int, default=None)
+        c.add_argument("--max-context", type=int, default=None)
+        c.add_argument("--tokenizer", help="tokenizer.json or o200k_base.tiktoken, if the model folder has none")
+        c.set_defaults(func=cmd_chat if name == "chat" else cmd_generate)
 
     s = sub.add_parser("synth", help="write a random-weight checkpoint in the real format")
     s.add_argument("out_dir")

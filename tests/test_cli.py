@@ -1,0 +1,55 @@
+"""The command line: demo, synth, generate (subprocesses, as users run them)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from .conftest import TOKENIZER_DIR
+
+
+def run(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "gptoss_native", *args], capture_output=True, text=True, env=e, timeout=timeout)
+
+
+def test_demo_with_tokenizer(tmp_path):
+    env = {"GPTOSS_NATIVE_CACHE": str(tmp_path / "cache"), "TIKTOKEN_ENCODINGS_BASE": ""}
+    r = run("demo", "--tokenizer", str(TOKENIZER_DIR), "--new-tokens", "4", env=env)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "kernel self-check" in out and "FAILED" not in out
+    assert "weights are random" in out and "Rendered the harmony prompt" in out
+    assert "tok/s" in out
+    # Cached: a second run does not synthesize again.
+    r2 = run("demo", "--tokenizer", str(TOKENIZER_DIR / "o200k_base.tiktoken"), "--new-tokens", "2", env=env)
+    assert r2.returncode == 0, r2.stderr
+    assert "Synthesizing" in out and "Synthesizing" not in r2.stdout
+
+
+def test_demo_without_tokenizer_runs_token_level(tmp_path):
+    env = {"GPTOSS_NATIVE_CACHE": str(tmp_path / "cache"), "TIKTOKEN_ENCODINGS_BASE": "", "HF_HOME": str(tmp_path / "hf")}
+    r = run("demo", "--new-tokens", "3", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "No tokenizer found" in r.stdout and "--tokenizer PATH" in r.stdout
+    assert "greedy decode 3 tokens" in r.stdout
+
+
+def test_generate_and_errors(tiny_model_dir, tmp_path):
+    env = {"GPTOSS_NATIVE_CACHE": str(tmp_path / "cache")}
+    r = run("generate", str(tiny_model_dir), "Hello", "--max-new-tokens", "5", "--seed", "1", "--stats", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "5 completion tokens" in r.stderr
+    bad = run("generate", str(tmp_path / "missing"), "Hello", env=env)
+    assert bad.returncode == 1
+    assert bad.stderr.count("\n") == 1 and "CheckpointError" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_synth_refuses_non_empty_folder(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f").write_text("keep me")
+    r = run("synth", str(tmp_path / "x"), "--preset", "tiny")
+    assert r.returncode == 1 and "not empty" in r.stderr
+    assert (tmp_path / "x" / "f").read_text() == "keep me"
