@@ -1,20 +1,60 @@
 //! AVX-512 (F, BW, VL) kernels. Each has a scalar twin in `generic.rs`.
 //!
-//! MXFP4 activations use the split layout (`crate::mxfp4::split_even_odd`): per block
-//! the 16 even elements, then the 16 odd ones, so that the low nibbles of a block's 16
-//! bytes (zero-extended to 16 lanes) meet the evens and the high nibbles the odds.
-//! `vpermps` indexes the 16-entry E2M1 table with the low 4 bits of each lane, so the
-//! low nibble needs no mask.
+//! MXFP4 rows are read 64 code bytes (four blocks) at a time as 16 dwords, each
+//! holding 8 nibbles. `vpermps` looks up the 16-entry E2M1 table with the low 4 bits
+//! of each lane, so shifting the dwords right by 4k brings nibble k to every lane with
+//! no byte shuffling: 8 permutes decode 128 weights. Activations are in the matching
+//! `Planes` layout. The scales of the four blocks are applied per 128-bit lane. Rows
+//! whose block count is not a multiple of four finish with a per-block loop on the
+//! `Split` layout.
+//!
+//! bf16 rows are read 32 values (64 bytes) at a time as 16 dwords: `dword << 16` is the
+//! even value as f32 and `dword & 0xffff0000` the odd one, so activations are in the
+//! `Split` layout and widening needs no shuffle.
 
+use super::layout::PLANE_GROUP;
 use crate::mxfp4::{BLOCK, BLOCK_BYTES, E2M1, E8M0};
 use std::arch::x86_64::*;
+
+/// Prefetch distances for streamed weight rows, in bytes (tuned with bench/gemv.rs).
+const PREFETCH: usize = 1024;
+const MXFP4_PREFETCH: usize = 2048;
 
 #[inline(always)]
 unsafe fn hsum(v: __m512) -> f32 {
     _mm512_reduce_add_ps(v)
 }
 
-/// Four MXFP4 rows against one split-layout activation row `xp`.
+/// Whether any of the four scale bytes is 0 or 255 (the two without a plain `b << 23`
+/// f32 encoding).
+#[inline(always)]
+fn has_special_scale(s4: u32) -> bool {
+    let has_zero = |v: u32| v.wrapping_sub(0x0101_0101) & !v & 0x8080_8080 != 0;
+    has_zero(s4) || has_zero(!s4)
+}
+
+/// The four scales of a group as [s0 x4, s1 x4, s2 x4, s3 x4] (one per 128-bit lane).
+#[inline(always)]
+unsafe fn group_scales(sp: *const u8) -> __m512 {
+    let s4 = (sp as *const u32).read_unaligned();
+    if has_special_scale(s4) {
+        let f = |i: usize| E8M0[*sp.add(i) as usize];
+        let lanes = _mm_set_ps(f(3), f(2), f(1), f(0));
+        let idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+        return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(lanes));
+    }
+    // Byte m of the broadcast dword, zero-extended into every dword of 128-bit lane m.
+    let pattern = _mm512_set_epi32(
+        0x8080_8003u32 as i32, 0x8080_8003u32 as i32, 0x8080_8003u32 as i32, 0x8080_8003u32 as i32,
+        0x8080_8002u32 as i32, 0x8080_8002u32 as i32, 0x8080_8002u32 as i32, 0x8080_8002u32 as i32,
+        0x8080_8001u32 as i32, 0x8080_8001u32 as i32, 0x8080_8001u32 as i32, 0x8080_8001u32 as i32,
+        0x8080_8000u32 as i32, 0x8080_8000u32 as i32, 0x8080_8000u32 as i32, 0x8080_8000u32 as i32,
+    );
+    let b = _mm512_shuffle_epi8(_mm512_set1_epi32(s4 as i32), pattern);
+    _mm512_castsi512_ps(_mm512_slli_epi32::<23>(b))
+}
+
+/// Four MXFP4 rows against one `Planes`-layout activation row `xp`.
 ///
 /// # Safety
 /// The CPU must support avx512f/bw/vl; `xp.len() >= 32 * nb` and each
@@ -28,57 +68,92 @@ pub unsafe fn mxfp4_dot4(xp: &[f32], blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> 
     }
     let table = _mm512_loadu_ps(E2M1.as_ptr());
     let mut acc = [_mm512_setzero_ps(); 4];
+    let groups = nb / 4;
     let xptr = xp.as_ptr();
-    for g in 0..nb {
-        let xe = _mm512_loadu_ps(xptr.add(g * BLOCK));
-        let xo = _mm512_loadu_ps(xptr.add(g * BLOCK + 16));
+    // One row at a time: a single sequential stream for the hardware prefetcher.
+    for r in 0..4 {
+        let row = blocks[r].as_ptr();
+        let sp = scales[r].as_ptr();
+        let mut a = _mm512_setzero_ps();
+        for g in 0..groups {
+            let xg = xptr.add(g * PLANE_GROUP);
+            let bp = row.add(g * 4 * BLOCK_BYTES);
+            _mm_prefetch::<_MM_HINT_T0>(bp.add(MXFP4_PREFETCH) as *const i8);
+            let v = _mm512_loadu_si512(bp as *const __m512i);
+            let plane = |v: __m512i| _mm512_permutexvar_ps(v, table);
+            let mut t0 = _mm512_mul_ps(plane(v), _mm512_loadu_ps(xg));
+            let mut t1 = _mm512_mul_ps(plane(_mm512_srli_epi32::<4>(v)), _mm512_loadu_ps(xg.add(16)));
+            t0 = _mm512_fmadd_ps(plane(_mm512_srli_epi32::<8>(v)), _mm512_loadu_ps(xg.add(32)), t0);
+            t1 = _mm512_fmadd_ps(plane(_mm512_srli_epi32::<12>(v)), _mm512_loadu_ps(xg.add(48)), t1);
+            t0 = _mm512_fmadd_ps(plane(_mm512_srli_epi32::<16>(v)), _mm512_loadu_ps(xg.add(64)), t0);
+            t1 = _mm512_fmadd_ps(plane(_mm512_srli_epi32::<20>(v)), _mm512_loadu_ps(xg.add(80)), t1);
+            t0 = _mm512_fmadd_ps(plane(_mm512_srli_epi32::<24>(v)), _mm512_loadu_ps(xg.add(96)), t0);
+            t1 = _mm512_fmadd_ps(plane(_mm512_srli_epi32::<28>(v)), _mm512_loadu_ps(xg.add(112)), t1);
+            a = _mm512_fmadd_ps(_mm512_add_ps(t0, t1), group_scales(sp.add(g * 4)), a);
+        }
+        acc[r] = a;
+    }
+    // Remaining blocks: one at a time, `Split` layout.
+    for b in groups * 4..nb {
+        let xe = _mm512_loadu_ps(xptr.add(b * BLOCK));
+        let xo = _mm512_loadu_ps(xptr.add(b * BLOCK + 16));
         for r in 0..4 {
-            let bytes = _mm_loadu_si128(blocks[r].as_ptr().add(g * BLOCK_BYTES) as *const __m128i);
-            let v = _mm512_cvtepu8_epi32(bytes);
+            let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(blocks[r].as_ptr().add(b * BLOCK_BYTES) as *const __m128i));
             let lo = _mm512_permutexvar_ps(v, table);
             let hi = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), table);
             let t = _mm512_fmadd_ps(hi, xo, _mm512_mul_ps(lo, xe));
-            let s = _mm512_set1_ps(*E8M0.get_unchecked(*scales[r].get_unchecked(g) as usize));
+            let s = _mm512_set1_ps(E8M0[*scales[r].get_unchecked(b) as usize]);
             acc[r] = _mm512_fmadd_ps(t, s, acc[r]);
         }
     }
     [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
 }
 
-/// Decode one MXFP4 row to f32 in the split layout.
+/// Decode one MXFP4 row to f32 in the `Planes` layout.
 ///
 /// # Safety
 /// avx512f/bw/vl; `blocks.len() == 16 * scales.len()`, `out.len() == 32 * scales.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub unsafe fn mxfp4_decode(blocks: &[u8], scales: &[u8], out: &mut [f32]) {
-    debug_assert!(blocks.len() == scales.len() * BLOCK_BYTES && out.len() == scales.len() * BLOCK);
+    let nb = scales.len();
+    debug_assert!(blocks.len() == nb * BLOCK_BYTES && out.len() == nb * BLOCK);
     let table = _mm512_loadu_ps(E2M1.as_ptr());
-    for (g, &s) in scales.iter().enumerate() {
-        let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(blocks.as_ptr().add(g * BLOCK_BYTES) as *const __m128i));
-        let sc = _mm512_set1_ps(E8M0[s as usize]);
-        let lo = _mm512_mul_ps(_mm512_permutexvar_ps(v, table), sc);
-        let hi = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), table), sc);
-        _mm512_storeu_ps(out.as_mut_ptr().add(g * BLOCK), lo);
-        _mm512_storeu_ps(out.as_mut_ptr().add(g * BLOCK + 16), hi);
+    let o = out.as_mut_ptr();
+    let groups = nb / 4;
+    for g in 0..groups {
+        let v = _mm512_loadu_si512(blocks.as_ptr().add(g * 4 * BLOCK_BYTES) as *const __m512i);
+        let s = group_scales(scales.as_ptr().add(g * 4));
+        let og = o.add(g * PLANE_GROUP);
+        _mm512_storeu_ps(og, _mm512_mul_ps(_mm512_permutexvar_ps(v, table), s));
+        _mm512_storeu_ps(og.add(16), _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), table), s));
+        _mm512_storeu_ps(og.add(32), _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<8>(v), table), s));
+        _mm512_storeu_ps(og.add(48), _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<12>(v), table), s));
+        _mm512_storeu_ps(og.add(64), _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<16>(v), table), s));
+        _mm512_storeu_ps(og.add(80), _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<20>(v), table), s));
+        _mm512_storeu_ps(og.add(96), _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<24>(v), table), s));
+        _mm512_storeu_ps(og.add(112), _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<28>(v), table), s));
+    }
+    for b in groups * 4..nb {
+        let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(blocks.as_ptr().add(b * BLOCK_BYTES) as *const __m128i));
+        let sc = _mm512_set1_ps(E8M0[scales[b] as usize]);
+        _mm512_storeu_ps(o.add(b * BLOCK), _mm512_mul_ps(_mm512_permutexvar_ps(v, table), sc));
+        _mm512_storeu_ps(o.add(b * BLOCK + 16), _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), table), sc));
     }
 }
 
+/// 32 bf16 values (64 bytes) as (evens, odds) in f32.
 #[inline(always)]
-unsafe fn widen16(p: *const u8) -> __m512 {
-    let h = _mm256_loadu_si256(p as *const __m256i);
-    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+unsafe fn widen32(p: *const u8) -> (__m512, __m512) {
+    let w = _mm512_loadu_si512(p as *const __m512i);
+    let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w));
+    let odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(0xffff_0000u32 as i32)));
+    (even, odd)
 }
 
-#[inline(always)]
-unsafe fn widen16_masked(p: *const u8, m: __mmask16) -> __m512 {
-    let h = _mm256_maskz_loadu_epi16(m, p as *const i16);
-    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
-}
-
-/// Four bf16 rows against one f32 activation row (natural layout).
+/// Four bf16 rows against one `Split`-layout activation row.
 ///
 /// # Safety
-/// avx512f/bw/vl; each `rows[r].len() == 2 * x.len()`.
+/// avx512f/bw/vl; each `rows[r].len() >= 2 * x.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub unsafe fn bf16_dot4(x: &[f32], rows: [&[u8]; 4]) -> [f32; 4] {
     let n = x.len();
@@ -86,41 +161,59 @@ pub unsafe fn bf16_dot4(x: &[f32], rows: [&[u8]; 4]) -> [f32; 4] {
         debug_assert!(rows[r].len() >= 2 * n);
     }
     let mut acc = [_mm512_setzero_ps(); 4];
-    let mut k = 0;
-    while k + 16 <= n {
-        let xv = _mm512_loadu_ps(x.as_ptr().add(k));
-        for r in 0..4 {
-            acc[r] = _mm512_fmadd_ps(widen16(rows[r].as_ptr().add(2 * k)), xv, acc[r]);
+    let full = n / 32 * 32;
+    // One row at a time (a single sequential stream: the hardware prefetcher follows one
+    // stream far better than four), 128 bytes per step into four accumulators.
+    for r in 0..4 {
+        let mut a = [_mm512_setzero_ps(); 4];
+        let row = rows[r].as_ptr();
+        let xp = x.as_ptr();
+        let mut k = 0;
+        while k + 64 <= full {
+            _mm_prefetch::<_MM_HINT_T0>(row.add(2 * k + PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(row.add(2 * k + PREFETCH + 64) as *const i8);
+            let (e0, o0) = widen32(row.add(2 * k));
+            let (e1, o1) = widen32(row.add(2 * k + 64));
+            a[0] = _mm512_fmadd_ps(e0, _mm512_loadu_ps(xp.add(k)), a[0]);
+            a[1] = _mm512_fmadd_ps(o0, _mm512_loadu_ps(xp.add(k + 16)), a[1]);
+            a[2] = _mm512_fmadd_ps(e1, _mm512_loadu_ps(xp.add(k + 32)), a[2]);
+            a[3] = _mm512_fmadd_ps(o1, _mm512_loadu_ps(xp.add(k + 48)), a[3]);
+            k += 64;
         }
-        k += 16;
+        if k < full {
+            let (e0, o0) = widen32(row.add(2 * k));
+            a[0] = _mm512_fmadd_ps(e0, _mm512_loadu_ps(xp.add(k)), a[0]);
+            a[1] = _mm512_fmadd_ps(o0, _mm512_loadu_ps(xp.add(k + 16)), a[1]);
+        }
+        acc[r] = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
     }
-    if k < n {
-        let m: __mmask16 = (1u32 << (n - k)) as u16 - 1;
-        let xv = _mm512_maskz_loadu_ps(m, x.as_ptr().add(k));
-        for r in 0..4 {
-            acc[r] = _mm512_fmadd_ps(widen16_masked(rows[r].as_ptr().add(2 * k), m), xv, acc[r]);
+    let mut out = [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])];
+    // Tail (< 32 values) is in natural order.
+    for r in 0..4 {
+        for kk in full..n {
+            out[r] += x[kk] * crate::bf16::to_f32(rows[r][2 * kk], rows[r][2 * kk + 1]);
         }
     }
-    [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+    out
 }
 
-/// Widen one bf16 row to f32.
+/// Widen one bf16 row to f32 in the `Split` layout.
 ///
 /// # Safety
-/// avx512f/bw/vl; `row.len() == 2 * out.len()`.
+/// avx512f/bw/vl; `row.len() >= 2 * out.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub unsafe fn bf16_decode(row: &[u8], out: &mut [f32]) {
     let n = out.len();
     debug_assert!(row.len() >= 2 * n);
+    let full = n / 32 * 32;
     let mut k = 0;
-    while k + 16 <= n {
-        _mm512_storeu_ps(out.as_mut_ptr().add(k), widen16(row.as_ptr().add(2 * k)));
-        k += 16;
+    while k < full {
+        let (even, odd) = widen32(row.as_ptr().add(2 * k));
+        _mm512_storeu_ps(out.as_mut_ptr().add(k), even);
+        _mm512_storeu_ps(out.as_mut_ptr().add(k + 16), odd);
+        k += 32;
     }
-    if k < n {
-        let m: __mmask16 = (1u32 << (n - k)) as u16 - 1;
-        _mm512_mask_storeu_ps(out.as_mut_ptr().add(k), m, widen16_masked(row.as_ptr().add(2 * k), m));
-    }
+    crate::bf16::widen(&row[2 * full..2 * n], &mut out[full..]);
 }
 
 /// 4x4 tile of dot products over the first `n` elements.

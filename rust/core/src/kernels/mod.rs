@@ -7,13 +7,15 @@
 //! Work is split over output rows with rayon, in whatever pool the caller installed.
 
 pub mod generic;
+pub mod layout;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 
 use crate::cpu::Isa;
-use crate::mxfp4::{self, BLOCK, BLOCK_BYTES};
+use crate::mxfp4::{BLOCK, BLOCK_BYTES};
+use layout::XLayout;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -81,9 +83,14 @@ impl<'a> Weight<'a> {
         }
     }
 
-    /// Whether activations must be in the split layout for this ISA.
-    fn wants_split(&self, isa: Isa) -> bool {
-        matches!(self, Weight::Mxfp4 { .. }) && isa != Isa::Scalar && isa != Isa::Neon
+    /// The activation order this ISA's kernels read for this weight format.
+    pub fn x_layout(&self, isa: Isa) -> XLayout {
+        match (self, isa) {
+            (Weight::Mxfp4 { .. }, Isa::Avx512) => XLayout::Planes,
+            (Weight::Mxfp4 { .. }, Isa::Avx2) => XLayout::Split,
+            (Weight::Bf16 { .. }, Isa::Avx512) => XLayout::Split,
+            _ => XLayout::Natural,
+        }
     }
 }
 
@@ -118,7 +125,7 @@ fn dot4(isa: Isa, x: &[f32], w: &Weight, r: [usize; 4]) -> [f32; 4] {
     }
 }
 
-/// Decode weight row `r` to f32 (split layout for MXFP4 on SIMD paths).
+/// Decode weight row `r` to f32, in the activation layout of `Weight::x_layout`.
 #[inline]
 fn decode_row(isa: Isa, w: &Weight, r: usize, out: &mut [f32]) {
     match *w {
@@ -205,14 +212,17 @@ pub fn matmul(isa: Isa, x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, o
     if m == 0 || rows == 0 {
         return;
     }
-    let xs: &[f32] = if w.wants_split(isa) {
-        if scratch.len() < m * n {
-            scratch.resize(m * n, 0.0);
+    let xs: &[f32] = match w.x_layout(isa) {
+        XLayout::Natural => x,
+        layout => {
+            if scratch.len() < m * n {
+                scratch.resize(m * n, 0.0);
+            }
+            for (xr, or) in x.chunks_exact(n).zip(scratch[..m * n].chunks_exact_mut(n)) {
+                layout::reorder(layout, xr, or);
+            }
+            &scratch[..m * n]
         }
-        mxfp4::split_even_odd(x, &mut scratch[..m * n]);
-        &scratch[..m * n]
-    } else {
-        x
     };
     let per_row_bytes = w.nbytes() / rows;
     let chunk = chunk_rows(rows, per_row_bytes);

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::cpu::Isa;
+use crate::mxfp4;
 
 /// SplitMix64: a tiny deterministic generator for test data.
 pub(crate) struct Rng(u64);
@@ -104,17 +105,19 @@ fn bf16_matmul_all_paths_against_reference() {
 #[test]
 fn mxfp4_decode_paths_match_dequantize() {
     let mut rng = Rng(3);
-    // Every byte value in every position, scales 0..=254 (255 is NaN, checked below).
-    let blocks: Vec<u8> = (0..=255u8).collect();
+    // Every byte value in every position, scales 0..=254 (255 is NaN, checked below);
+    // 17 blocks: four full groups of four and one tail block.
+    let blocks: Vec<u8> = (0..=255u8).chain(0..16).collect();
     for s in 0..=254u8 {
-        let scales = vec![s; 16];
-        let mut want = vec![0f32; 512];
+        let scales = vec![s; 17];
+        let mut want = vec![0f32; 544];
         mxfp4::dequantize(&blocks, &scales, &mut want);
         for isa in simd_paths() {
-            let mut got = vec![0f32; 512];
-            decode_row(isa, &Weight::mxfp4(&blocks, &scales, 1, 512), 0, &mut got);
-            let mut split = vec![0f32; 512];
-            mxfp4::split_even_odd(&want, &mut split);
+            let mut got = vec![0f32; 544];
+            decode_row(isa, &Weight::mxfp4(&blocks, &scales, 1, 544), 0, &mut got);
+            let mut split = vec![0f32; 544];
+            let w = Weight::mxfp4(&blocks, &scales, 1, 544);
+            layout::reorder(w.x_layout(isa), &want, &mut split);
             for (a, b) in got.iter().zip(&split) {
                 assert_eq!(a.to_bits(), b.to_bits(), "{} scale {s}", isa.name());
             }

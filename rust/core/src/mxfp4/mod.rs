@@ -206,16 +206,3 @@ mod tests {
         }
     }
 }
-
-/// Reorder activations [.. 32*nb] into the split layout the SIMD kernels read:
-/// per block of 32, the 16 even elements, then the 16 odd ones.
-pub fn split_even_odd(x: &[f32], out: &mut [f32]) {
-    assert_eq!(x.len() % BLOCK, 0);
-    assert_eq!(x.len(), out.len());
-    for (xb, ob) in x.chunks_exact(BLOCK).zip(out.chunks_exact_mut(BLOCK)) {
-        for j in 0..BLOCK / 2 {
-            ob[j] = xb[2 * j];
-            ob[BLOCK / 2 + j] = xb[2 * j + 1];
-        }
-    }
-}

@@ -1,0 +1,154 @@
+//! GEMV at gpt-oss-20b's real shapes, as a fraction of the memory read bandwidth measured
+//! in the same run (alternating passes, same thread count).
+//!
+//!     cargo bench -p gptoss-core --bench gemv [-- --reps N --threads 1,2]
+//!
+//! Each case rotates through enough copies of its matrix to exceed the caches by far
+//! (hundreds of MB), so weights come from memory, as in decode. A pass reads every copy
+//! once; "GB/s" is weight bytes read per second; "ratio" is that over the plain read
+//! bandwidth of the same buffers (a parallel sum) in the neighbouring pass.
+
+use gptoss_core::cpu;
+use gptoss_core::kernels::{self, Weight};
+use rayon::prelude::*;
+use std::hint::black_box;
+use std::time::Instant;
+
+struct Case {
+    name: &'static str,
+    mxfp4: bool,
+    rows: usize,
+    cols: usize,
+    copies: usize,
+}
+
+fn fill(buf: &mut [u8], seed: u64, lo: u8, hi: u8) {
+    let mut s = seed | 1;
+    for b in buf.iter_mut() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        *b = lo + (s % (hi as u64 - lo as u64 + 1)) as u8;
+    }
+}
+
+/// Plain parallel read of every byte (sum of u64 words).
+fn read_all(bufs: &[Vec<u8>]) -> u64 {
+    bufs.iter()
+        .map(|b| {
+            b.par_chunks(1 << 16)
+                .map(|c| {
+                    let (pre, words, post) = unsafe { c.align_to::<u64>() };
+                    let mut acc = [0u64; 8];
+                    for w in words.chunks_exact(8) {
+                        for i in 0..8 {
+                            acc[i] = acc[i].wrapping_add(w[i]);
+                        }
+                    }
+                    acc.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+                        + pre.iter().chain(post).map(|&v| v as u64).sum::<u64>()
+                })
+                .reduce(|| 0, |a, b| a.wrapping_add(b))
+        })
+        .fold(0, |a, b| a.wrapping_add(b))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let reps: usize = get("--reps").and_then(|s| s.parse().ok()).unwrap_or(7);
+    let threads: Vec<usize> = get("--threads")
+        .map(|s| s.split(',').filter_map(|t| t.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2]);
+    // --cache: one copy per case, so the weights stay in cache (the kernels' compute ceiling).
+    let in_cache = args.iter().any(|a| a == "--cache");
+    let (isa, why) = cpu::select(None).expect("kernel path");
+    println!("kernels: {} ({why}); reps {reps}", isa.name());
+
+    let cases = [
+        Case { name: "mxfp4 gate_up 5760x2880", mxfp4: true, rows: 5760, cols: 2880, copies: 64 },
+        Case { name: "mxfp4 down    2880x2880", mxfp4: true, rows: 2880, cols: 2880, copies: 128 },
+        Case { name: "bf16  qkv     5120x2880", mxfp4: false, rows: 5120, cols: 2880, copies: 20 },
+        Case { name: "bf16  lm_head 201088x2880", mxfp4: false, rows: 201088, cols: 2880, copies: 1 },
+    ];
+    println!("{:<28} {:>3} {:>9} {:>9} {:>9} {:>6}", "case", "thr", "MB/pass", "GB/s", "read GB/s", "ratio");
+    let l2_cases = [
+        Case { name: "mxfp4 in L2   128x2880", mxfp4: true, rows: 128, cols: 2880, copies: 1 },
+        Case { name: "bf16  in L2   128x2880", mxfp4: false, rows: 128, cols: 2880, copies: 1 },
+    ];
+    let cases: &[Case] = if in_cache { &l2_cases } else { &cases };
+    for case in cases {
+        // One buffer per copy: blocks+scales back to back for MXFP4, bf16 bits otherwise.
+        let nb = case.cols / 32;
+        let (bytes_b, bytes_s) = if case.mxfp4 { (case.rows * nb * 16, case.rows * nb) } else { (case.rows * case.cols * 2, 0) };
+        let copies = if in_cache { 1 } else { case.copies };
+        let bufs: Vec<Vec<u8>> = (0..copies)
+            .map(|i| {
+                let mut v = vec![0u8; bytes_b + bytes_s];
+                if case.mxfp4 {
+                    fill(&mut v[..bytes_b], 1 + i as u64, 0, 255);
+                    fill(&mut v[bytes_b..], 7 + i as u64, 118, 122);
+                } else {
+                    // bf16 values of moderate magnitude: high byte 0x3c..0x3e or 0xbc..0xbe.
+                    fill(&mut v, 3 + i as u64, 0, 255);
+                    for pair in v.chunks_exact_mut(2) {
+                        pair[1] = 0x3c + (pair[1] & 0x02) + (pair[1] & 0x80);
+                    }
+                }
+                v
+            })
+            .collect();
+        let weights: Vec<Weight> = bufs
+            .iter()
+            .map(|v| {
+                if case.mxfp4 {
+                    Weight::mxfp4(&v[..bytes_b], &v[bytes_b..], case.rows, case.cols)
+                } else {
+                    Weight::bf16(v, case.rows, case.cols)
+                }
+            })
+            .collect();
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let x: Vec<f32> = (0..case.cols).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let mut out = vec![0f32; case.rows];
+        let mut scratch = Vec::new();
+        for &t in &threads {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+            pool.install(|| {
+                // Warm up both (page faults, thread start).
+                black_box(read_all(&bufs));
+                for w in &weights {
+                    kernels::matmul(isa, &x, 1, w, None, &mut out, &mut scratch);
+                }
+                let (mut gemv, mut read) = (Vec::new(), Vec::new());
+                for _ in 0..reps {
+                    let t0 = Instant::now();
+                    black_box(read_all(&bufs));
+                    read.push(total as f64 / t0.elapsed().as_secs_f64() / 1e9);
+                    let t0 = Instant::now();
+                    for w in &weights {
+                        kernels::matmul(isa, &x, 1, w, None, &mut out, &mut scratch);
+                        black_box(&out);
+                    }
+                    gemv.push(total as f64 / t0.elapsed().as_secs_f64() / 1e9);
+                }
+                let ratios: Vec<f64> = gemv.iter().zip(&read).map(|(g, r)| g / r).collect();
+                let mut rs = ratios.clone();
+                println!(
+                    "{:<28} {:>3} {:>9.0} {:>9.1} {:>9.1} {:>5.0}%",
+                    case.name,
+                    t,
+                    total as f64 / 1e6,
+                    median(&mut gemv),
+                    median(&mut read),
+                    100.0 * median(&mut rs)
+                );
+            });
+        }
+    }
+}
