@@ -1,7 +1,7 @@
 //! GEMV at gpt-oss-20b's real shapes, as a fraction of the memory read bandwidth measured
 //! in the same run (alternating passes, same thread count).
 //!
-//!     cargo bench -p gptoss-core --bench gemv [-- --reps N --threads 1,2]
+//!     cargo bench -p gptoss-core --bench gemv [-- --reps N --threads 1,2 --int8 --cache]
 //!
 //! Each case rotates through enough copies of its matrix to exceed the caches by far
 //! (hundreds of MB), so weights come from memory, as in decode. A pass reads every copy
@@ -68,7 +68,9 @@ fn main() {
     // --cache: one copy per case, so the weights stay in cache (the kernels' compute ceiling).
     let in_cache = args.iter().any(|a| a == "--cache");
     let (isa, why) = cpu::select(None).expect("kernel path");
-    println!("kernels: {} ({why}); reps {reps}", isa.name());
+    // --int8: the "int8" precision for the MXFP4 cases (activations quantized per block).
+    let precision = if args.iter().any(|a| a == "--int8") { kernels::Precision::Int8 } else { kernels::Precision::F32 };
+    println!("kernels: {} ({why}); precision {precision:?}; reps {reps}", isa.name());
 
     let cases = [
         Case { name: "mxfp4 gate_up 5760x2880", mxfp4: true, rows: 5760, cols: 2880, copies: 64 },
@@ -116,14 +118,14 @@ fn main() {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let x: Vec<f32> = (0..case.cols).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
         let mut out = vec![0f32; case.rows];
-        let mut scratch = Vec::new();
+        let mut scratch = kernels::Scratch::default();
         for &t in &threads {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
             pool.install(|| {
                 // Warm up both (page faults, thread start).
                 black_box(read_all(&bufs));
                 for w in &weights {
-                    kernels::matmul(isa, &x, 1, w, None, &mut out, &mut scratch);
+                    kernels::matmul(isa, precision, &x, 1, w, None, &mut out, &mut scratch);
                 }
                 let (mut gemv, mut read) = (Vec::new(), Vec::new());
                 for _ in 0..reps {
@@ -132,7 +134,7 @@ fn main() {
                     read.push(total as f64 / t0.elapsed().as_secs_f64() / 1e9);
                     let t0 = Instant::now();
                     for w in &weights {
-                        kernels::matmul(isa, &x, 1, w, None, &mut out, &mut scratch);
+                        kernels::matmul(isa, precision, &x, 1, w, None, &mut out, &mut scratch);
                         black_box(&out);
                     }
                     gemv.push(total as f64 / t0.elapsed().as_secs_f64() / 1e9);

@@ -20,6 +20,7 @@ def mxfp4_matmul(
     bias: npt.NDArray[np.float32] | None = None,
     threads: int | None = None,
     kernels: str | None = None,
+    precision: str = "f32",
 ) -> npt.NDArray[np.float32]: ...
 def bf16_matmul(
     x: npt.NDArray[np.float32],
@@ -30,7 +31,11 @@ def bf16_matmul(
 ) -> npt.NDArray[np.float32]: ...
 def cpu_features() -> dict[str, Any]: ...
 def load_model(
-    path: str, threads: int | None = None, max_context: int | None = None, kernels: str | None = None
+    path: str,
+    threads: int | None = None,
+    max_context: int | None = None,
+    kernels: str | None = None,
+    precision: str = "f32",
 ) -> CoreModel: ...
 def parse_config(text: str, file: str) -> str: ...
 

@@ -2,6 +2,7 @@
 //! Hugging Face transformers, cross-checked against OpenAI's torch reference).
 
 use gptoss_core::cpu::{self, Isa};
+use gptoss_core::kernels::Precision;
 use gptoss_core::model::checkpoint::{Checkpoint, Dtype};
 use gptoss_core::model::forward::route;
 use gptoss_core::model::{LoadOptions, Model};
@@ -33,7 +34,7 @@ impl Golden {
 }
 
 fn load(name: &str, isa: Isa) -> Arc<Model> {
-    Arc::new(Model::load(&fixture(name), LoadOptions { max_context: Some(4096), isa }).unwrap())
+    Arc::new(Model::load(&fixture(name), LoadOptions { max_context: Some(4096), isa, precision: Precision::F32 }).unwrap())
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -70,6 +70,14 @@ pub(crate) fn select_isa(kernels: Option<&str>) -> PyResult<Isa> {
     cpu::select(kernels).map(|(isa, _)| isa).map_err(to_py)
 }
 
+pub(crate) fn parse_precision(p: &str) -> PyResult<kernels::Precision> {
+    match p {
+        "f32" => Ok(kernels::Precision::F32),
+        "int8" => Ok(kernels::Precision::Int8),
+        _ => Err(PyValueError::new_err(format!("precision must be \"f32\" or \"int8\", got {p:?}"))),
+    }
+}
+
 fn contiguous<'a, T: numpy::Element>(a: &'a PyReadonlyArrayDyn<'_, T>, name: &str) -> PyResult<&'a [T]> {
     a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous")))
 }
@@ -140,6 +148,7 @@ fn matmul_common<'py, 'w>(
     bias: &Option<PyReadonlyArrayDyn<'py, f32>>,
     threads: Option<usize>,
     kernels: Option<&str>,
+    precision: kernels::Precision,
     make: impl FnOnce() -> Weight<'w> + Send,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     let xs = x.shape();
@@ -162,7 +171,7 @@ fn matmul_common<'py, 'w>(
     let out = run_detached(py, move || {
         let w = make();
         let mut out = vec![0f32; m * rows];
-        pool.install(|| kernels::matmul(isa, xd, m, &w, bd, &mut out, &mut Vec::new()));
+        pool.install(|| kernels::matmul(isa, precision, xd, m, &w, bd, &mut out, &mut kernels::Scratch::default()));
         Ok(out)
     })?;
     Ok(out.into_pyarray(py).reshape(vec![m, rows])?)
@@ -170,7 +179,8 @@ fn matmul_common<'py, 'w>(
 
 /// y[m, out] = x[m, n] @ W[out, n]^T + bias, W in MXFP4 (blocks [out, n/32, 16], scales [out, n/32]).
 #[pyfunction]
-#[pyo3(signature = (x, blocks, scales, bias=None, threads=None, kernels=None))]
+#[pyo3(signature = (x, blocks, scales, bias=None, threads=None, kernels=None, precision="f32"))]
+#[allow(clippy::too_many_arguments)]
 fn mxfp4_matmul<'py>(
     py: Python<'py>,
     x: PyReadonlyArrayDyn<'py, f32>,
@@ -179,7 +189,9 @@ fn mxfp4_matmul<'py>(
     bias: Option<PyReadonlyArrayDyn<'py, f32>>,
     threads: Option<usize>,
     kernels: Option<&str>,
+    precision: &str,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let precision = parse_precision(precision)?;
     let (bs, ss) = (blocks.shape().to_vec(), scales.shape().to_vec());
     if bs.len() != 3 || bs[2] != 16 {
         return Err(PyValueError::new_err(format!("blocks must be [out, n/32, 16], got shape {bs:?}")));
@@ -189,7 +201,7 @@ fn mxfp4_matmul<'py>(
     }
     let (rows, n) = (bs[0], bs[1] * mxfp4::BLOCK);
     let (b, s) = (contiguous(&blocks, "blocks")?, contiguous(&scales, "scales")?);
-    matmul_common(py, &x, n, rows, &bias, threads, kernels, move || Weight::mxfp4(b, s, rows, n))
+    matmul_common(py, &x, n, rows, &bias, threads, kernels, precision, move || Weight::mxfp4(b, s, rows, n))
 }
 
 /// y[m, out] = x[m, n] @ W[out, n]^T + bias, W in bf16 given as its uint16 bit patterns.
@@ -215,7 +227,7 @@ fn bf16_matmul<'py>(
     // SAFETY: reinterpreting u16 as two bytes each; lifetime tied to `weight`.
     let bytes: &[u8] = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u8, w.len() * 2) };
     let (rows, n) = (ws[0], ws[1]);
-    matmul_common(py, &x, n, rows, &bias, threads, kernels, move || Weight::bf16(bytes, rows, n))
+    matmul_common(py, &x, n, rows, &bias, threads, kernels, kernels::Precision::F32, move || Weight::bf16(bytes, rows, n))
 }
 
 /// Which kernel path runs, and why; the CPU features behind it.

@@ -159,11 +159,19 @@ impl PySession {
 
 /// Load a model folder. `kernels` forces a kernel path (else GPTOSS_NATIVE_KERNELS, else the best).
 #[pyfunction]
-#[pyo3(signature = (path, threads=None, max_context=None, kernels=None))]
-fn load_model(py: Python<'_>, path: PathBuf, threads: Option<usize>, max_context: Option<usize>, kernels: Option<&str>) -> PyResult<PyModel> {
+#[pyo3(signature = (path, threads=None, max_context=None, kernels=None, precision="f32"))]
+fn load_model(
+    py: Python<'_>,
+    path: PathBuf,
+    threads: Option<usize>,
+    max_context: Option<usize>,
+    kernels: Option<&str>,
+    precision: &str,
+) -> PyResult<PyModel> {
     let isa = select_isa(kernels)?;
+    let precision = crate::parse_precision(precision)?;
     let pool = pool(threads)?;
-    let model = run_detached(py, move || Model::load(&path, LoadOptions { max_context, isa }))?;
+    let model = run_detached(py, move || Model::load(&path, LoadOptions { max_context, isa, precision }))?;
     Ok(PyModel { inner: Arc::new(model), pool })
 }
 

@@ -104,12 +104,20 @@ pub unsafe fn bf16_dot4(x: &[f32], rows: [&[u8]; 4]) -> [f32; 4] {
     }
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut k = 0;
+    // Partial sums over 256 values, then added into `acc` (bounded rounding growth).
     while k + 8 <= n {
-        let xv = _mm256_loadu_ps(x.as_ptr().add(k));
-        for r in 0..4 {
-            acc[r] = _mm256_fmadd_ps(widen8(rows[r].as_ptr().add(2 * k)), xv, acc[r]);
+        let mut part = [_mm256_setzero_ps(); 4];
+        let end = (k + 256).min(n);
+        while k + 8 <= end {
+            let xv = _mm256_loadu_ps(x.as_ptr().add(k));
+            for r in 0..4 {
+                part[r] = _mm256_fmadd_ps(widen8(rows[r].as_ptr().add(2 * k)), xv, part[r]);
+            }
+            k += 8;
         }
-        k += 8;
+        for r in 0..4 {
+            acc[r] = _mm256_add_ps(acc[r], part[r]);
+        }
     }
     let mut out = [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])];
     for r in 0..4 {
@@ -146,17 +154,28 @@ pub unsafe fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4
     let mut out = [[0f32; 4]; 4];
     let n8 = n & !7;
     for jp in [0usize, 2] {
+        // Partial sums over 256 values, then added into `acc` (error grows with
+        // 32 + n/256 terms per lane rather than n/8).
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
         let mut k = 0;
         while k < n8 {
-            let w0 = _mm256_loadu_ps(w[jp].as_ptr().add(k));
-            let w1 = _mm256_loadu_ps(w[jp + 1].as_ptr().add(k));
-            for i in 0..4 {
-                let xv = _mm256_loadu_ps(x[i].as_ptr().add(k));
-                acc[i][0] = _mm256_fmadd_ps(xv, w0, acc[i][0]);
-                acc[i][1] = _mm256_fmadd_ps(xv, w1, acc[i][1]);
+            let mut part = [[_mm256_setzero_ps(); 2]; 4];
+            let end = (k + 256).min(n8);
+            while k < end {
+                let w0 = _mm256_loadu_ps(w[jp].as_ptr().add(k));
+                let w1 = _mm256_loadu_ps(w[jp + 1].as_ptr().add(k));
+                for i in 0..4 {
+                    let xv = _mm256_loadu_ps(x[i].as_ptr().add(k));
+                    part[i][0] = _mm256_fmadd_ps(xv, w0, part[i][0]);
+                    part[i][1] = _mm256_fmadd_ps(xv, w1, part[i][1]);
+                }
+                k += 8;
             }
-            k += 8;
+            for i in 0..4 {
+                for j in 0..2 {
+                    acc[i][j] = _mm256_add_ps(acc[i][j], part[i][j]);
+                }
+            }
         }
         for i in 0..4 {
             for j in 0..2 {
@@ -167,6 +186,59 @@ pub unsafe fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4
                 out[i][jp + j] = s;
             }
         }
+    }
+    out
+}
+
+/// "int8" precision with AVX2: four MXFP4 rows against one quantized activation row
+/// (`Grouped` order). Per block: codes -> 2*E2M1+12 via `vpshufb`, u8 x s8 pairs summed
+/// by `vpmaddubsw` (at most 2*24*127: no i16 saturation), then `vpmaddwd` to i32 and a
+/// horizontal sum; the float steps are then those of the scalar twin.
+///
+/// # Safety
+/// avx2/fma; sizes as for `mxfp4_dot4`, `x` quantized in `Grouped` order.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn mxfp4_dot4_int8(x: &super::quant::QRow, blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> [f32; 4] {
+    use super::quant::W2_PLUS_12;
+    let nb = scales[0].len();
+    let groups = nb / 4;
+    debug_assert!(x.q.len() >= nb * BLOCK);
+    for r in 0..4 {
+        debug_assert!(blocks[r].len() >= nb * BLOCK_BYTES && scales[r].len() >= nb);
+    }
+    let lut = _mm256_broadcastsi128_si256(_mm_loadu_si128(W2_PLUS_12.as_ptr() as *const __m128i));
+    let nib = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let qp = x.q.as_ptr();
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        let row = blocks[r].as_ptr();
+        let sp = scales[r].as_ptr();
+        let mut acc = 0f32;
+        for b in 0..nb {
+            // Where block b's evens and odds are in the Grouped order.
+            let (xe, xo) = if b < groups * 4 {
+                let (g, m) = (b / 4, b % 4);
+                (g * 128 + m * 16, g * 128 + 64 + m * 16)
+            } else {
+                (b * BLOCK, b * BLOCK + 16)
+            };
+            let v = _mm_loadu_si128(row.add(b * BLOCK_BYTES) as *const __m128i);
+            let both = _mm256_set_m128i(_mm_srli_epi16::<4>(v), v);
+            let w = _mm256_shuffle_epi8(lut, _mm256_and_si256(both, nib));
+            let xq = _mm256_set_m128i(
+                _mm_loadu_si128(qp.add(xo) as *const __m128i),
+                _mm_loadu_si128(qp.add(xe) as *const __m128i),
+            );
+            let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xq), ones);
+            // Exact integer block sum first: the +12 offset cancels only in integers.
+            let s4 = _mm_add_epi32(_mm256_castsi256_si128(p32), _mm256_extracti128_si256::<1>(p32));
+            let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
+            let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b10_11_00_01>(s4));
+            let isum = _mm_cvtsi128_si32(s4) - x.corr[b];
+            acc += isum as f32 * x.half_d[b] * E8M0[*sp.add(b) as usize];
+        }
+        out[r] = acc;
     }
     out
 }

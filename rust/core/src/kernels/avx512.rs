@@ -74,6 +74,8 @@ pub unsafe fn mxfp4_dot4(xp: &[f32], blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> 
     for r in 0..4 {
         let row = blocks[r].as_ptr();
         let sp = scales[r].as_ptr();
+        // Scales are a second, slow stream (nb bytes per row): fetch 4 rows ahead.
+        _mm_prefetch::<_MM_HINT_T0>(sp.add(4 * nb) as *const i8);
         let mut a = _mm512_setzero_ps();
         for g in 0..groups {
             let xg = xptr.add(g * PLANE_GROUP);
@@ -225,29 +227,100 @@ pub unsafe fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4
     for i in 0..4 {
         debug_assert!(x[i].len() >= n && w[i].len() >= n);
     }
-    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+    // Partial sums over 256 values at a time, then added into `total`: the rounding
+    // error grows with 16 + n/256 terms per lane rather than n/16.
+    let mut total = [[_mm512_setzero_ps(); 4]; 4];
     let mut k = 0;
     while k < n {
-        let m: __mmask16 = if k + 16 <= n { 0xffff } else { ((1u32 << (n - k)) - 1) as u16 };
-        let xv = [
-            _mm512_maskz_loadu_ps(m, x[0].as_ptr().add(k)),
-            _mm512_maskz_loadu_ps(m, x[1].as_ptr().add(k)),
-            _mm512_maskz_loadu_ps(m, x[2].as_ptr().add(k)),
-            _mm512_maskz_loadu_ps(m, x[3].as_ptr().add(k)),
-        ];
-        for j in 0..4 {
-            let wv = _mm512_maskz_loadu_ps(m, w[j].as_ptr().add(k));
-            for i in 0..4 {
-                acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        let end = (k + 256).min(n);
+        while k < end {
+            let m: __mmask16 = if k + 16 <= n { 0xffff } else { ((1u32 << (n - k)) - 1) as u16 };
+            let xv = [
+                _mm512_maskz_loadu_ps(m, x[0].as_ptr().add(k)),
+                _mm512_maskz_loadu_ps(m, x[1].as_ptr().add(k)),
+                _mm512_maskz_loadu_ps(m, x[2].as_ptr().add(k)),
+                _mm512_maskz_loadu_ps(m, x[3].as_ptr().add(k)),
+            ];
+            for j in 0..4 {
+                let wv = _mm512_maskz_loadu_ps(m, w[j].as_ptr().add(k));
+                for i in 0..4 {
+                    acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
+                }
+            }
+            k += 16;
+        }
+        for i in 0..4 {
+            for j in 0..4 {
+                total[i][j] = _mm512_add_ps(total[i][j], acc[i][j]);
             }
         }
-        k += 16;
     }
+    let acc = total;
     let mut out = [[0f32; 4]; 4];
     for i in 0..4 {
         for j in 0..4 {
             out[i][j] = hsum(acc[i][j]);
         }
+    }
+    out
+}
+
+/// "int8" precision with AVX-512 VNNI: four MXFP4 rows against one quantized activation
+/// row (`Grouped` order). Codes become 2*E2M1+12 through `vpshufb` (measured faster here
+/// than an unmasked `vpermb`); `vpdpbusd` sums
+/// u8 x s8 products exactly into 16 dword lanes (four per block), starting from the
+/// lanes' -12*sum(q) correction; each lane is then scaled by its block's d/2 and scale.
+///
+/// # Safety
+/// avx512f/bw/vl/vnni; sizes as for `mxfp4_dot4`, `x` quantized in `Grouped` order.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn mxfp4_dot4_int8(x: &super::quant::QRow, blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> [f32; 4] {
+    use super::quant::W2_PLUS_12;
+    let nb = scales[0].len();
+    let groups = nb / 4;
+    debug_assert!(x.q.len() >= nb * BLOCK && x.lane_neg_corr.len() >= groups * 16);
+    for r in 0..4 {
+        debug_assert!(blocks[r].len() >= nb * BLOCK_BYTES && scales[r].len() >= nb);
+    }
+    let lut128 = _mm_loadu_si128(W2_PLUS_12.as_ptr() as *const __m128i);
+    let lut = _mm512_broadcast_i32x4(lut128);
+    let nib = _mm512_set1_epi8(0x0f);
+    let nib128 = _mm_set1_epi8(0x0f);
+    let qp = x.q.as_ptr();
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        let row = blocks[r].as_ptr();
+        let sp = scales[r].as_ptr();
+        _mm_prefetch::<_MM_HINT_T0>(sp.add(4 * nb) as *const i8);
+        let mut acc = _mm512_setzero_ps();
+        for g in 0..groups {
+            let bp = row.add(g * 4 * BLOCK_BYTES);
+            _mm_prefetch::<_MM_HINT_T0>(bp.add(MXFP4_PREFETCH) as *const i8);
+            let v = _mm512_loadu_si512(bp as *const __m512i);
+            let wl = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, nib));
+            let wh = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib));
+            let xe = _mm512_loadu_si512(qp.add(g * 128) as *const __m512i);
+            let xo = _mm512_loadu_si512(qp.add(g * 128 + 64) as *const __m512i);
+            let ncorr = _mm512_loadu_si512(x.lane_neg_corr.as_ptr().add(g * 16) as *const __m512i);
+            let isum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(ncorr, wl, xe), wh, xo);
+            let hd = _mm512_loadu_ps(x.lane_half_d.as_ptr().add(g * 16));
+            acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(isum), hd), group_scales(sp.add(g * 4)), acc);
+        }
+        let mut tail = 0f32;
+        for b in groups * 4..nb {
+            let v = _mm_loadu_si128(row.add(b * BLOCK_BYTES) as *const __m128i);
+            let wl = _mm_shuffle_epi8(lut128, _mm_and_si128(v, nib128));
+            let wh = _mm_shuffle_epi8(lut128, _mm_and_si128(_mm_srli_epi16::<4>(v), nib128));
+            let xe = _mm_loadu_si128(qp.add(b * BLOCK) as *const __m128i);
+            let xo = _mm_loadu_si128(qp.add(b * BLOCK + 16) as *const __m128i);
+            let s = _mm_dpbusd_epi32(_mm_dpbusd_epi32(_mm_setzero_si128(), wl, xe), wh, xo);
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+            let isum = _mm_cvtsi128_si32(s) - x.corr[b];
+            tail += isum as f32 * x.half_d[b] * E8M0[*sp.add(b) as usize];
+        }
+        out[r] = hsum(acc) + tail;
     }
     out
 }

@@ -30,13 +30,23 @@ pub fn mxfp4_decode(blocks: &[u8], scales: &[u8], out: &mut [f32]) {
     crate::mxfp4::dequantize(blocks, scales, out);
 }
 
+/// Sum of `term(k)` for k in 0..n, in chunks of 32 (partial sums, then their sum): the
+/// rounding error grows with 32 + n/32 terms rather than n.
+#[inline]
+fn blocked_sum(n: usize, term: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = 0f32;
+    let mut k = 0;
+    while k < n {
+        let end = (k + BLOCK).min(n);
+        acc += (k..end).map(&term).sum::<f32>();
+        k = end;
+    }
+    acc
+}
+
 /// Dot products of `x` [n] with four bf16 rows (2n bytes each).
 pub fn bf16_dot4(x: &[f32], rows: [&[u8]; 4]) -> [f32; 4] {
-    let mut out = [0f32; 4];
-    for r in 0..4 {
-        out[r] = x.iter().zip(rows[r].chunks_exact(2)).map(|(&a, b)| a * bf16::to_f32(b[0], b[1])).sum();
-    }
-    out
+    rows.map(|row| blocked_sum(x.len(), |k| x[k] * bf16::to_f32(row[2 * k], row[2 * k + 1])))
 }
 
 /// Widen one bf16 row to f32.
@@ -49,8 +59,29 @@ pub fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4] {
     let mut out = [[0f32; 4]; 4];
     for i in 0..4 {
         for j in 0..4 {
-            out[i][j] = x[i][..n].iter().zip(&w[j][..n]).map(|(a, b)| a * b).sum();
+            out[i][j] = blocked_sum(n, |k| x[i][k] * w[j][k]);
         }
+    }
+    out
+}
+
+/// "int8" precision: four MXFP4 rows against one quantized activation row (natural
+/// order). Exact integer sums per block, then scaled by d/2 and the E8M0 scale.
+pub fn mxfp4_dot4_int8(x: &super::quant::QRow, blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> [f32; 4] {
+    use super::quant::W2;
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        let mut acc = 0f32;
+        for (b, (blk, &s)) in blocks[r].chunks_exact(BLOCK_BYTES).zip(scales[r]).enumerate() {
+            let q = &x.q[b * BLOCK..(b + 1) * BLOCK];
+            let mut isum = 0i32;
+            for (j, &byte) in blk.iter().enumerate() {
+                isum += W2[(byte & 0x0f) as usize] as i32 * q[2 * j] as i32;
+                isum += W2[(byte >> 4) as usize] as i32 * q[2 * j + 1] as i32;
+            }
+            acc += isum as f32 * x.half_d[b] * E8M0[s as usize];
+        }
+        out[r] = acc;
     }
     out
 }

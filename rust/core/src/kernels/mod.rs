@@ -8,6 +8,7 @@
 
 pub mod generic;
 pub mod layout;
+pub mod quant;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -16,6 +17,26 @@ pub mod avx512;
 use crate::cpu::Isa;
 use crate::mxfp4::{BLOCK, BLOCK_BYTES};
 use layout::XLayout;
+use quant::{QLayout, QRow, QuantX};
+
+/// Activation precision of a matmul. Weights are always used exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 activations: error ~1e-7 of sum|x||w| (tested: 1e-5).
+    F32,
+    /// MXFP4 GEMV (m < GEMM_MIN_ROWS) with activations quantized per 32-block to int8
+    /// (see `quant`); everything else as `F32`.
+    Int8,
+}
+
+/// Buffers a caller keeps between matmuls (no allocation once grown).
+#[derive(Default)]
+pub struct Scratch {
+    /// Reordered f32 activations.
+    pub x: Vec<f32>,
+    /// Quantized activations.
+    pub q: QuantX,
+}
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -154,6 +175,35 @@ fn decode_row(isa: Isa, w: &Weight, r: usize, out: &mut [f32]) {
     }
 }
 
+/// "int8" precision: four dot products of one quantized activation row with MXFP4 rows.
+#[inline]
+fn dot4_int8(isa: Isa, x: &QRow, w: &Weight, r: [usize; 4]) -> [f32; 4] {
+    let Weight::Mxfp4 { blocks, scales, cols, .. } = *w else { unreachable!("int8 GEMV is MXFP4 only") };
+    let nb = cols / BLOCK;
+    let b = r.map(|r| &blocks[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES]);
+    let s = r.map(|r| &scales[r * nb..(r + 1) * nb]);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if vnni() => unsafe { avx512::mxfp4_dot4_int8(x, b, s) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx2 => unsafe { avx2::mxfp4_dot4_int8(x, b, s) },
+        _ => generic::mxfp4_dot4_int8(x, b, s),
+    }
+}
+
+/// Whether the AVX-512 int8 kernel's VNNI is there (cached by std).
+#[cfg(target_arch = "x86_64")]
+fn vnni() -> bool {
+    is_x86_feature_detected!("avx512vnni")
+}
+
+fn q_layout(isa: Isa) -> QLayout {
+    match isa {
+        Isa::Avx512 | Isa::Avx2 => QLayout::Grouped,
+        _ => QLayout::Natural,
+    }
+}
+
 #[inline]
 fn tile(isa: Isa, x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4] {
     match isa {
@@ -200,9 +250,19 @@ fn chunk_rows(rows: usize, per_row_bytes: usize) -> usize {
 
 /// y[m, rows] = x[m, cols] @ W^T (+ bias[rows]).
 ///
-/// `scratch` holds the reordered activations between calls (no allocation once grown).
+/// `scratch` holds the prepared activations between calls (no allocation once grown).
 /// Panics on inconsistent sizes: callers validate user input first.
-pub fn matmul(isa: Isa, x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, out: &mut [f32], scratch: &mut Vec<f32>) {
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    isa: Isa,
+    precision: Precision,
+    x: &[f32],
+    m: usize,
+    w: &Weight,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &mut Scratch,
+) {
     let (rows, n) = (w.rows(), w.cols());
     assert_eq!(x.len(), m * n, "matmul: x is not [m, n]");
     assert_eq!(out.len(), m * rows, "matmul: out is not [m, rows]");
@@ -212,23 +272,30 @@ pub fn matmul(isa: Isa, x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, o
     if m == 0 || rows == 0 {
         return;
     }
+    let gemm = m >= GEMM_MIN_ROWS;
+    let int8 = precision == Precision::Int8 && !gemm && matches!(w, Weight::Mxfp4 { .. });
+    if int8 {
+        scratch.q.quantize(q_layout(isa), x, m, n);
+    }
     let xs: &[f32] = match w.x_layout(isa) {
+        _ if int8 => x,
         XLayout::Natural => x,
         layout => {
-            if scratch.len() < m * n {
-                scratch.resize(m * n, 0.0);
+            let buf = &mut scratch.x;
+            if buf.len() < m * n {
+                buf.resize(m * n, 0.0);
             }
-            for (xr, or) in x.chunks_exact(n).zip(scratch[..m * n].chunks_exact_mut(n)) {
+            for (xr, or) in x.chunks_exact(n).zip(buf[..m * n].chunks_exact_mut(n)) {
                 layout::reorder(layout, xr, or);
             }
-            &scratch[..m * n]
+            &buf[..m * n]
         }
     };
+    let qx = &scratch.q;
     let per_row_bytes = w.nbytes() / rows;
     let chunk = chunk_rows(rows, per_row_bytes);
     let ntasks = rows.div_ceil(chunk);
     let optr = OutPtr(out.as_mut_ptr());
-    let gemm = m >= GEMM_MIN_ROWS;
     (0..ntasks).into_par_iter().for_each(|t| {
         let optr = optr;
         let (r0, r1) = (t * chunk, ((t + 1) * chunk).min(rows));
@@ -240,9 +307,13 @@ pub fn matmul(isa: Isa, x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, o
         if !gemm {
             for i in 0..m {
                 let xi = &xs[i * n..(i + 1) * n];
+                let qi = if int8 { Some(qx.row(i)) } else { None };
                 for r in (r0..r1).step_by(4) {
                     let rr = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)];
-                    let d = dot4(isa, xi, w, rr);
+                    let d = match &qi {
+                        Some(q) => dot4_int8(isa, q, w, rr),
+                        None => dot4(isa, xi, w, rr),
+                    };
                     for k in 0..(r1 - r).min(4) {
                         write(i, r + k, d[k]);
                     }

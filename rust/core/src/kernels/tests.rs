@@ -70,11 +70,11 @@ fn mxfp4_matmul_all_paths_against_reference() {
         let (want, mag) = reference(&x, m, &wf, rows, n, Some(&bias));
         let w = Weight::mxfp4(&blocks, &scales, rows, n);
         let mut scalar = vec![0f32; m * rows];
-        matmul(Isa::Scalar, &x, m, &w, Some(&bias), &mut scalar, &mut Vec::new());
+        matmul(Isa::Scalar, Precision::F32, &x, m, &w, Some(&bias), &mut scalar, &mut Scratch::default());
         check_close(&scalar, &want, &mag, 1e-5, "scalar");
         for isa in simd_paths() {
             let mut got = vec![0f32; m * rows];
-            matmul(isa, &x, m, &w, Some(&bias), &mut got, &mut Vec::new());
+            matmul(isa, Precision::F32, &x, m, &w, Some(&bias), &mut got, &mut Scratch::default());
             check_close(&got, &want, &mag, 1e-5, isa.name());
             // And close to the scalar twin itself.
             let twin: Vec<f64> = scalar.iter().map(|&v| v as f64).collect();
@@ -96,7 +96,7 @@ fn bf16_matmul_all_paths_against_reference() {
         let w = Weight::bf16(&data, rows, n);
         for isa in Isa::available() {
             let mut got = vec![0f32; m * rows];
-            matmul(isa, &x, m, &w, None, &mut got, &mut Vec::new());
+            matmul(isa, Precision::F32, &x, m, &w, None, &mut got, &mut Scratch::default());
             check_close(&got, &want, &mag, 1e-5, isa.name());
         }
     }
@@ -128,5 +128,74 @@ fn mxfp4_decode_paths_match_dequantize() {
         let mut got = vec![0f32; 32];
         decode_row(isa, &Weight::mxfp4(&nan, &[255], 1, 32), 0, &mut got);
         assert!(got.iter().all(|v| v.is_nan()));
+    }
+}
+
+#[test]
+fn mxfp4_int8_precision_all_paths_within_stated_bound() {
+    let mut rng = Rng(17);
+    for &(m, rows, n) in &[(1, 1, 32), (1, 9, 96), (2, 13, 128), (3, 33, 160), (1, 40, 2880), (2, 5, 2912)] {
+        let (blocks, scales, wf) = mxfp4_case(&mut rng, rows, n);
+        let x: Vec<f32> = (0..m * n).map(|_| rng.uniform() * if rng.next_u64() % 7 == 0 { 50.0 } else { 1.0 }).collect();
+        let w = Weight::mxfp4(&blocks, &scales, rows, n);
+        let (want, mag) = reference(&x, m, &wf, rows, n, None);
+        // Stated bound: sum over blocks of (amax_b / 254) * sum_j |w_bj|, plus f32 rounding.
+        let mut bound = vec![0f64; m * rows];
+        for i in 0..m {
+            for r in 0..rows {
+                let mut b = 0f64;
+                for g in 0..n / 32 {
+                    let amax = x[i * n + g * 32..i * n + g * 32 + 32].iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
+                    let wsum: f64 = wf[r * n + g * 32..r * n + g * 32 + 32].iter().map(|v| v.abs() as f64).sum();
+                    b += amax / 254.0 * wsum;
+                }
+                bound[i * rows + r] = b + 1e-5 * mag[i * rows + r];
+            }
+        }
+        let mut scalar = vec![0f32; m * rows];
+        matmul(Isa::Scalar, Precision::Int8, &x, m, &w, None, &mut scalar, &mut Scratch::default());
+        for isa in Isa::available() {
+            let mut got = vec![0f32; m * rows];
+            matmul(isa, Precision::Int8, &x, m, &w, None, &mut got, &mut Scratch::default());
+            for k in 0..m * rows {
+                let err = (got[k] as f64 - want[k]).abs();
+                assert!(err <= bound[k], "{} int8 [{m},{rows},{n}] {k}: err {err} > {}", isa.name(), bound[k]);
+                // Same integer sums as the scalar twin: only f32 rounding differs.
+                let d = (got[k] - scalar[k]).abs() as f64;
+                assert!(d <= 1e-5 * mag[k] + 1e-30, "{} vs scalar: {d}", isa.name());
+            }
+        }
+    }
+}
+
+/// Kernel-only timing (no driver, data in L1/L2): `cargo test --release -p gptoss-core
+/// kernel_speed -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn kernel_speed() {
+    let mut rng = Rng(5);
+    let (rows, n) = (4, 2880);
+    let (blocks, scales, _) = mxfp4_case(&mut rng, rows, n);
+    let x: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
+    let nb = n / 32;
+    let b = [0, 1, 2, 3].map(|r| &blocks[r * nb * 16..(r + 1) * nb * 16]);
+    let s = [0, 1, 2, 3].map(|r| &scales[r * nb..(r + 1) * nb]);
+    let mut qx = quant::QuantX::default();
+    qx.quantize(quant::QLayout::Grouped, &x, 1, n);
+    let mut xp = vec![0f32; n];
+    layout::reorder(layout::XLayout::Planes, &x, &mut xp);
+    let iters = 200_000;
+    let f32_kernel = || unsafe { avx512::mxfp4_dot4(&xp, b, s) };
+    let int8_kernel = || unsafe { avx512::mxfp4_dot4_int8(&qx.row(0), b, s) };
+    let kernels: [(&str, &dyn Fn() -> [f32; 4]); 2] = [("f32 ", &f32_kernel), ("int8", &int8_kernel)];
+    for (name, f) in kernels {
+        let t0 = std::time::Instant::now();
+        let mut acc = 0f32;
+        for _ in 0..iters {
+            acc += std::hint::black_box(f())[0];
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        let blocks_done = (iters * 4 * nb) as f64;
+        println!("{name}: {:.2} ns/block, {:.1} GB/s of weights ({acc})", dt * 1e9 / blocks_done, blocks_done * 17.0 / dt / 1e9);
     }
 }

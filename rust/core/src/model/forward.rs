@@ -49,7 +49,7 @@ pub struct Workspace {
     y: Vec<f32>,
     cos: Vec<f32>,
     sin: Vec<f32>,
-    scratch: Vec<f32>,
+    scratch: kernels::Scratch,
     routes: Vec<(usize, usize, f32)>,
     /// When set, every layer's router logits [T, E] are appended here.
     router_log: Option<Vec<f32>>,
@@ -108,8 +108,8 @@ unsafe impl Send for Disjoint {}
 unsafe impl Sync for Disjoint {}
 
 impl Model {
-    fn matmul(&self, x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, out: &mut [f32], scratch: &mut Vec<f32>) {
-        kernels::matmul(self.isa, x, m, w, bias, out, scratch);
+    fn matmul(&self, x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, out: &mut [f32], scratch: &mut kernels::Scratch) {
+        kernels::matmul(self.isa, self.precision, x, m, w, bias, out, scratch);
     }
 
     /// Run `ids` through the model after what `cache` holds, appending their K/V.

@@ -7,6 +7,7 @@ pub mod rope;
 pub mod weights;
 
 use crate::cpu::Isa;
+use crate::kernels::Precision;
 use crate::error::{Error, Result};
 use crate::runtime::KvCache;
 use checkpoint::Checkpoint;
@@ -20,6 +21,9 @@ pub struct LoadOptions {
     pub max_context: Option<usize>,
     /// Kernel path (from `cpu::select`).
     pub isa: Isa,
+    /// Activation precision of the MXFP4 expert GEMVs (the router, attention and lm_head
+    /// always use f32 activations).
+    pub precision: Precision,
 }
 
 /// A loaded model: the memory-mapped checkpoint and typed views into it. Immutable, so
@@ -31,6 +35,7 @@ pub struct Model {
     pub weights: Weights,
     pub rope: Rope,
     pub isa: Isa,
+    pub precision: Precision,
     pub max_context: usize,
 }
 
@@ -56,7 +61,7 @@ impl Model {
             )));
         }
         let rope = Rope::new(&config);
-        Ok(Model { dir: dir.to_path_buf(), config, ckpt, weights, rope, isa: opts.isa, max_context })
+        Ok(Model { dir: dir.to_path_buf(), config, ckpt, weights, rope, isa: opts.isa, precision: opts.precision, max_context })
     }
 
     pub fn new_cache(&self) -> KvCache {
