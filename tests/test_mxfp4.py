@@ -148,19 +148,21 @@ def test_matmul_one_d_and_threads():
 
 
 @settings(max_examples=120, deadline=None)
-@given(m=st.integers(1, 3), out=st.integers(1, 24), g=st.integers(1, 14), data=st.data())
-def test_matmul_int8_within_its_stated_bound_every_path(m, out, g, data):
-    """int8: |err| <= sum_b amax_b/254 * sum|w_b| (+ 1e-5 sum|x||w| of f32 rounding)."""
+@given(m=st.integers(1, 3), out=st.integers(1, 24), g=st.integers(1, 14), data=st.data(),
+       precision=st.sampled_from([("int8", 254.0), ("int16", 64516.0)]))
+def test_matmul_int8_int16_within_their_stated_bounds_every_path(m, out, g, data, precision):
+    """|err| <= sum_b amax_b/254 (int8) or /64516 (int16) * sum|w_b| (+ 1e-5 sum|x||w|)."""
+    name, per = precision
     x, blocks, scales = _matmul_case(data.draw, m, out, g)
     w = mxfp4.dequantize(blocks, scales).astype(np.float64)
     x64 = x.astype(np.float64)
     amax = np.abs(x64).reshape(m, g, 32).max(-1)  # [m, g]
     wsum = np.abs(w).reshape(out, g, 32).sum(-1)  # [out, g]
-    bound = amax / 254 @ wsum.T + 1e-5 * (np.abs(x64) @ np.abs(w).T) + g * 32 * 2.0**-149
+    bound = amax / per @ wsum.T + 1e-5 * (np.abs(x64) @ np.abs(w).T) + g * 32 * 2.0**-149
     want = x64 @ w.T
     results = {}
     for path in kernel_paths():
-        got = _core.mxfp4_matmul(x, blocks, scales, None, None, path, "int8")
+        got = _core.mxfp4_matmul(x, blocks, scales, None, None, path, name)
         assert np.all(np.abs(got - want) <= bound), path
         results[path] = got
     for got in results.values():  # same integer sums on every path: f32 rounding only

@@ -220,7 +220,7 @@ def load(
     if max_context is not None and (not isinstance(max_context, int) or max_context < 1):
         raise ValueError(f"max_context must be a positive int, got {max_context!r}")
     path = resolve_model_path(path_or_repo_id)
-    # "auto": int8 activations for the MXFP4 expert GEMVs (the bulk of decode's weight
-    # reads); the router, attention, lm_head and prefill GEMMs keep f32 activations.
-    core = _core.load_model(str(path), threads, max_context, None, "int8" if precision == "auto" else "f32")
+    # "auto": 16-bit (two int8 limbs) activations for the MXFP4 expert GEMVs; the router,
+    # attention, lm_head and prefill GEMMs keep f32 activations.
+    core = _core.load_model(str(path), threads, max_context, None, "int16" if precision == "auto" else "f32")
     return Model(core, path, precision)

@@ -14,7 +14,7 @@ from ._arrays import as_array
 __all__ = ["dequantize", "quantize", "matmul", "PRECISIONS"]
 
 #: Activation precisions `matmul` accepts.
-PRECISIONS = ("f32", "int8")
+PRECISIONS = ("f32", "int16", "int8")
 
 
 def dequantize(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -58,6 +58,8 @@ def matmul(
     within ~1e-7 (tested: 1e-5) of sum|x||w|. `precision="int8"` quantizes each 32-value
     block of x to int8 (d = amax/127) for m < 4 (the GEMV path; larger m stays f32):
     the error is at most sum over blocks of amax_b/254 * sum|w_b|, plus f32 rounding.
+    `precision="int16"` adds a second int8 limb for the remainder: the same bound with
+    amax_b/64516.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")

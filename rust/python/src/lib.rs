@@ -74,7 +74,8 @@ pub(crate) fn parse_precision(p: &str) -> PyResult<kernels::Precision> {
     match p {
         "f32" => Ok(kernels::Precision::F32),
         "int8" => Ok(kernels::Precision::Int8),
-        _ => Err(PyValueError::new_err(format!("precision must be \"f32\" or \"int8\", got {p:?}"))),
+        "int16" => Ok(kernels::Precision::Int16),
+        _ => Err(PyValueError::new_err(format!("precision must be \"f32\", \"int16\" or \"int8\", got {p:?}"))),
     }
 }
 

@@ -197,9 +197,10 @@ pub unsafe fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4
 ///
 /// # Safety
 /// avx2/fma; sizes as for `mxfp4_dot4`, `x` quantized in `Grouped` order.
+/// With `TWO`, the second limb ("int16" precision) is summed alike.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn mxfp4_dot4_int8(x: &super::quant::QRow, blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> [f32; 4] {
-    use super::quant::W2_PLUS_12;
+pub unsafe fn mxfp4_dot4_int8<const TWO: bool>(x: &super::quant::QRow, blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> [f32; 4] {
+    use super::quant::{LIMB2, W2_PLUS_12};
     let nb = scales[0].len();
     let groups = nb / 4;
     debug_assert!(x.q.len() >= nb * BLOCK);
@@ -226,17 +227,23 @@ pub unsafe fn mxfp4_dot4_int8(x: &super::quant::QRow, blocks: [&[u8]; 4], scales
             let v = _mm_loadu_si128(row.add(b * BLOCK_BYTES) as *const __m128i);
             let both = _mm256_set_m128i(_mm_srli_epi16::<4>(v), v);
             let w = _mm256_shuffle_epi8(lut, _mm256_and_si256(both, nib));
-            let xq = _mm256_set_m128i(
-                _mm_loadu_si128(qp.add(xo) as *const __m128i),
-                _mm_loadu_si128(qp.add(xe) as *const __m128i),
-            );
-            let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xq), ones);
-            // Exact integer block sum first: the +12 offset cancels only in integers.
-            let s4 = _mm_add_epi32(_mm256_castsi256_si128(p32), _mm256_extracti128_si256::<1>(p32));
-            let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
-            let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b10_11_00_01>(s4));
-            let isum = _mm_cvtsi128_si32(s4) - x.corr[b];
-            acc += isum as f32 * x.half_d[b] * E8M0[*sp.add(b) as usize];
+            let limb = |q: *const i8, corr: i32| {
+                let xq = _mm256_set_m128i(
+                    _mm_loadu_si128(q.add(xo) as *const __m128i),
+                    _mm_loadu_si128(q.add(xe) as *const __m128i),
+                );
+                let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xq), ones);
+                // Exact integer block sum first: the +12 offset cancels only in integers.
+                let s4 = _mm_add_epi32(_mm256_castsi256_si128(p32), _mm256_extracti128_si256::<1>(p32));
+                let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
+                let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b10_11_00_01>(s4));
+                _mm_cvtsi128_si32(s4) - corr
+            };
+            let mut v = limb(qp, x.corr[b]) as f32;
+            if TWO {
+                v += limb(x.q2.as_ptr(), x.corr2[b]) as f32 * LIMB2;
+            }
+            acc += v * x.half_d[b] * E8M0[*sp.add(b) as usize];
         }
         out[r] = acc;
     }

@@ -274,9 +274,11 @@ pub unsafe fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4
 ///
 /// # Safety
 /// avx512f/bw/vl/vnni; sizes as for `mxfp4_dot4`, `x` quantized in `Grouped` order.
+/// With `TWO`, the second limb ("int16" precision) is summed alike and added with weight
+/// 1/254 before the scaling.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn mxfp4_dot4_int8(x: &super::quant::QRow, blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> [f32; 4] {
-    use super::quant::W2_PLUS_12;
+pub unsafe fn mxfp4_dot4_int8<const TWO: bool>(x: &super::quant::QRow, blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> [f32; 4] {
+    use super::quant::{LIMB2, W2_PLUS_12};
     let nb = scales[0].len();
     let groups = nb / 4;
     debug_assert!(x.q.len() >= nb * BLOCK && x.lane_neg_corr.len() >= groups * 16);
@@ -300,25 +302,37 @@ pub unsafe fn mxfp4_dot4_int8(x: &super::quant::QRow, blocks: [&[u8]; 4], scales
             let v = _mm512_loadu_si512(bp as *const __m512i);
             let wl = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, nib));
             let wh = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib));
-            let xe = _mm512_loadu_si512(qp.add(g * 128) as *const __m512i);
-            let xo = _mm512_loadu_si512(qp.add(g * 128 + 64) as *const __m512i);
-            let ncorr = _mm512_loadu_si512(x.lane_neg_corr.as_ptr().add(g * 16) as *const __m512i);
-            let isum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(ncorr, wl, xe), wh, xo);
+            let limb = |q: *const i8, ncorr: *const i32| {
+                let xe = _mm512_loadu_si512(q.add(g * 128) as *const __m512i);
+                let xo = _mm512_loadu_si512(q.add(g * 128 + 64) as *const __m512i);
+                let nc = _mm512_loadu_si512(ncorr.add(g * 16) as *const __m512i);
+                _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(nc, wl, xe), wh, xo))
+            };
+            let mut f = limb(qp, x.lane_neg_corr.as_ptr());
+            if TWO {
+                f = _mm512_fmadd_ps(limb(x.q2.as_ptr(), x.lane_neg_corr2.as_ptr()), _mm512_set1_ps(LIMB2), f);
+            }
             let hd = _mm512_loadu_ps(x.lane_half_d.as_ptr().add(g * 16));
-            acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(isum), hd), group_scales(sp.add(g * 4)), acc);
+            acc = _mm512_fmadd_ps(_mm512_mul_ps(f, hd), group_scales(sp.add(g * 4)), acc);
         }
         let mut tail = 0f32;
         for b in groups * 4..nb {
             let v = _mm_loadu_si128(row.add(b * BLOCK_BYTES) as *const __m128i);
             let wl = _mm_shuffle_epi8(lut128, _mm_and_si128(v, nib128));
             let wh = _mm_shuffle_epi8(lut128, _mm_and_si128(_mm_srli_epi16::<4>(v), nib128));
-            let xe = _mm_loadu_si128(qp.add(b * BLOCK) as *const __m128i);
-            let xo = _mm_loadu_si128(qp.add(b * BLOCK + 16) as *const __m128i);
-            let s = _mm_dpbusd_epi32(_mm_dpbusd_epi32(_mm_setzero_si128(), wl, xe), wh, xo);
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-            let isum = _mm_cvtsi128_si32(s) - x.corr[b];
-            tail += isum as f32 * x.half_d[b] * E8M0[*sp.add(b) as usize];
+            let limb = |q: *const i8, corr: i32| {
+                let xe = _mm_loadu_si128(q.add(b * BLOCK) as *const __m128i);
+                let xo = _mm_loadu_si128(q.add(b * BLOCK + 16) as *const __m128i);
+                let s = _mm_dpbusd_epi32(_mm_dpbusd_epi32(_mm_setzero_si128(), wl, xe), wh, xo);
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+                _mm_cvtsi128_si32(s) - corr
+            };
+            let mut v = limb(qp, x.corr[b]) as f32;
+            if TWO {
+                v += limb(x.q2.as_ptr(), x.corr2[b]) as f32 * LIMB2;
+            }
+            tail += v * x.half_d[b] * E8M0[*sp.add(b) as usize];
         }
         out[r] = hsum(acc) + tail;
     }

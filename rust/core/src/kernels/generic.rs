@@ -65,21 +65,30 @@ pub fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4] {
     out
 }
 
-/// "int8" precision: four MXFP4 rows against one quantized activation row (natural
-/// order). Exact integer sums per block, then scaled by d/2 and the E8M0 scale.
-pub fn mxfp4_dot4_int8(x: &super::quant::QRow, blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> [f32; 4] {
-    use super::quant::W2;
+/// "int8" (`TWO` = false) and "int16" (`TWO`: a second int8 limb) precisions: four
+/// MXFP4 rows against one quantized activation row (natural order). Exact integer sums
+/// per block and limb, then scaled by d/2 and the E8M0 scale.
+pub fn mxfp4_dot4_int8<const TWO: bool>(x: &super::quant::QRow, blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> [f32; 4] {
+    use super::quant::{LIMB2, W2};
     let mut out = [0f32; 4];
     for r in 0..4 {
         let mut acc = 0f32;
         for (b, (blk, &s)) in blocks[r].chunks_exact(BLOCK_BYTES).zip(scales[r]).enumerate() {
-            let q = &x.q[b * BLOCK..(b + 1) * BLOCK];
-            let mut isum = 0i32;
-            for (j, &byte) in blk.iter().enumerate() {
-                isum += W2[(byte & 0x0f) as usize] as i32 * q[2 * j] as i32;
-                isum += W2[(byte >> 4) as usize] as i32 * q[2 * j + 1] as i32;
+            let dot = |q: &[i8]| -> i32 {
+                let q = &q[b * BLOCK..(b + 1) * BLOCK];
+                blk.iter()
+                    .enumerate()
+                    .map(|(j, &byte)| {
+                        W2[(byte & 0x0f) as usize] as i32 * q[2 * j] as i32
+                            + W2[(byte >> 4) as usize] as i32 * q[2 * j + 1] as i32
+                    })
+                    .sum()
+            };
+            let mut v = dot(x.q) as f32;
+            if TWO {
+                v += dot(x.q2) as f32 * LIMB2;
             }
-            acc += isum as f32 * x.half_d[b] * E8M0[s as usize];
+            acc += v * x.half_d[b] * E8M0[s as usize];
         }
         out[r] = acc;
     }

@@ -27,6 +27,9 @@ pub enum Precision {
     /// MXFP4 GEMV (m < GEMM_MIN_ROWS) with activations quantized per 32-block to int8
     /// (see `quant`); everything else as `F32`.
     Int8,
+    /// As `Int8` with a second int8 limb for the remainder (16-bit activations):
+    /// ~250x smaller activation error than `Int8` for ~1.3x its work.
+    Int16,
 }
 
 /// Buffers a caller keeps between matmuls (no allocation once grown).
@@ -175,19 +178,20 @@ fn decode_row(isa: Isa, w: &Weight, r: usize, out: &mut [f32]) {
     }
 }
 
-/// "int8" precision: four dot products of one quantized activation row with MXFP4 rows.
+/// "int8"/"int16" precisions: four dot products of one quantized activation row with
+/// MXFP4 rows.
 #[inline]
-fn dot4_int8(isa: Isa, x: &QRow, w: &Weight, r: [usize; 4]) -> [f32; 4] {
+fn dot4_int8<const TWO: bool>(isa: Isa, x: &QRow, w: &Weight, r: [usize; 4]) -> [f32; 4] {
     let Weight::Mxfp4 { blocks, scales, cols, .. } = *w else { unreachable!("int8 GEMV is MXFP4 only") };
     let nb = cols / BLOCK;
     let b = r.map(|r| &blocks[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES]);
     let s = r.map(|r| &scales[r * nb..(r + 1) * nb]);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if vnni() => unsafe { avx512::mxfp4_dot4_int8(x, b, s) },
+        Isa::Avx512 if vnni() => unsafe { avx512::mxfp4_dot4_int8::<TWO>(x, b, s) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx2 => unsafe { avx2::mxfp4_dot4_int8(x, b, s) },
-        _ => generic::mxfp4_dot4_int8(x, b, s),
+        Isa::Avx512 | Isa::Avx2 => unsafe { avx2::mxfp4_dot4_int8::<TWO>(x, b, s) },
+        _ => generic::mxfp4_dot4_int8::<TWO>(x, b, s),
     }
 }
 
@@ -273,9 +277,10 @@ pub fn matmul(
         return;
     }
     let gemm = m >= GEMM_MIN_ROWS;
-    let int8 = precision == Precision::Int8 && !gemm && matches!(w, Weight::Mxfp4 { .. });
+    let int8 = precision != Precision::F32 && !gemm && matches!(w, Weight::Mxfp4 { .. });
+    let two = precision == Precision::Int16;
     if int8 {
-        scratch.q.quantize(q_layout(isa), x, m, n);
+        scratch.q.quantize(q_layout(isa), two, x, m, n);
     }
     let xs: &[f32] = match w.x_layout(isa) {
         _ if int8 => x,
@@ -311,7 +316,8 @@ pub fn matmul(
                 for r in (r0..r1).step_by(4) {
                     let rr = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)];
                     let d = match &qi {
-                        Some(q) => dot4_int8(isa, q, w, rr),
+                        Some(q) if two => dot4_int8::<true>(isa, q, w, rr),
+                        Some(q) => dot4_int8::<false>(isa, q, w, rr),
                         None => dot4(isa, xi, w, rr),
                     };
                     for k in 0..(r1 - r).min(4) {

@@ -1,10 +1,13 @@
-//! Activation quantization for the "int8" precision: per 32-value block, x ≈ d * q with
-//! d = amax / 127 and q = round(x / d) in [-127, 127]. Weights stay exact: twice an
-//! E2M1 value is an integer in [-12, 12], so each block's dot product is an exact
-//! integer sum, scaled once by d/2 and the block's E8M0 scale.
+//! Activation quantization for the "int8" and "int16" precisions: per 32-value block,
+//! x ≈ d * q with d = amax / 127 and q = round(x / d) in [-127, 127]. "int16" adds a
+//! second int8 limb for the remainder: x ≈ d * (q + q2 / 254), q2 = round((x/d - q) * 254).
+//! Weights stay exact: twice an E2M1 value is an integer in [-12, 12], so each block's
+//! dot product with each limb is an exact integer sum, scaled once by d/2 and the
+//! block's E8M0 scale.
 //!
-//! Error: |x - d q| <= d / 2 = amax / 254 per element, so a row's result is off by at
-//! most sum_b (amax_b / 254) * sum_j |w_bj| (plus f32 rounding of the per-block sums).
+//! Error per element: |x - d q| <= d/2 = amax/254 (int8), amax/64516 (int16). A row's
+//! result is off by at most sum_b (amax_b / 254 or / 64516) * sum_j |w_bj|, plus the f32
+//! rounding of the per-block sums.
 //!
 //! Two orders of q: `Natural` (the scalar twin) and `Grouped` (the SIMD kernels): per
 //! four blocks, 64 bytes holding the even elements block by block, then 64 bytes of
@@ -39,6 +42,11 @@ pub struct QuantX {
     pub lane_neg_corr: Vec<i32>,
     /// Grouped only, [rows, groups, 16]: d/2 of each lane's block
     pub lane_half_d: Vec<f32>,
+    /// Second limb ("int16" only; else empty): q2, 12 * sum(q2) per block, and the lanes'
+    /// -12 * sum(q2), laid out as the first limb's.
+    pub q2: Vec<i8>,
+    pub corr2: Vec<i32>,
+    pub lane_neg_corr2: Vec<i32>,
 }
 
 /// One row's view.
@@ -48,23 +56,39 @@ pub struct QRow<'a> {
     pub corr: &'a [i32],
     pub lane_neg_corr: &'a [i32],
     pub lane_half_d: &'a [f32],
+    pub q2: &'a [i8],
+    pub corr2: &'a [i32],
+    pub lane_neg_corr2: &'a [i32],
 }
+
+/// Weight of the second limb.
+pub const LIMB2: f32 = 1.0 / 254.0;
 
 impl QuantX {
     pub fn row(&self, i: usize) -> QRow<'_> {
         let (n, nb) = (self.n, self.n / BLOCK);
         let ng = nb / 4 * 16;
+        fn part<T>(v: &[T], i: usize, len: usize) -> &[T] {
+            if v.is_empty() {
+                &[]
+            } else {
+                &v[i * len..(i + 1) * len]
+            }
+        }
         QRow {
             q: &self.q[i * n..(i + 1) * n],
             half_d: &self.half_d[i * nb..(i + 1) * nb],
             corr: &self.corr[i * nb..(i + 1) * nb],
-            lane_neg_corr: if self.lane_neg_corr.is_empty() { &[] } else { &self.lane_neg_corr[i * ng..(i + 1) * ng] },
-            lane_half_d: if self.lane_half_d.is_empty() { &[] } else { &self.lane_half_d[i * ng..(i + 1) * ng] },
+            lane_neg_corr: part(&self.lane_neg_corr, i, ng),
+            lane_half_d: part(&self.lane_half_d, i, ng),
+            q2: part(&self.q2, i, n),
+            corr2: part(&self.corr2, i, nb),
+            lane_neg_corr2: part(&self.lane_neg_corr2, i, ng),
         }
     }
 
-    /// Quantize `x` [m, n] (n % 32 == 0).
-    pub fn quantize(&mut self, layout: QLayout, x: &[f32], m: usize, n: usize) {
+    /// Quantize `x` [m, n] (n % 32 == 0), with a second limb when `two_limbs`.
+    pub fn quantize(&mut self, layout: QLayout, two_limbs: bool, x: &[f32], m: usize, n: usize) {
         assert_eq!(n % BLOCK, 0);
         assert_eq!(x.len(), m * n);
         let nb = n / BLOCK;
@@ -76,45 +100,77 @@ impl QuantX {
         let lanes = if layout == QLayout::Grouped { m * groups * 16 } else { 0 };
         self.lane_neg_corr.resize(lanes, 0);
         self.lane_half_d.resize(lanes, 0.0);
+        let l2 = if two_limbs { 1 } else { 0 };
+        self.q2.resize(l2 * m * n, 0);
+        self.corr2.resize(l2 * m * nb, 0);
+        self.lane_neg_corr2.resize(l2 * lanes, 0);
         let mut qb = [0i8; BLOCK];
+        let mut qb2 = [0i8; BLOCK];
         for i in 0..m {
             for b in 0..nb {
                 let xb = &x[i * n + b * BLOCK..i * n + (b + 1) * BLOCK];
                 let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
                 let (d, inv) = if amax > 0.0 && amax.is_finite() { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) };
-                let mut sum = 0i32;
+                let (mut sum, mut sum2) = (0i32, 0i32);
                 // Round to nearest even by the 1.5 * 2^23 trick (|v * inv| <= 127).
                 const MAGIC: f32 = 12_582_912.0;
-                for (q, &v) in qb.iter_mut().zip(xb) {
-                    *q = ((v * inv + MAGIC) - MAGIC).clamp(-127.0, 127.0) as i8;
+                for ((q, q2), &v) in qb.iter_mut().zip(qb2.iter_mut()).zip(xb) {
+                    let y = v * inv;
+                    let r = ((y + MAGIC) - MAGIC).clamp(-127.0, 127.0);
+                    *q = r as i8;
                     sum += *q as i32;
+                    if two_limbs {
+                        // y - r is exact (Sterbenz) and in [-0.5, 0.5].
+                        *q2 = ((((y - r) * 254.0) + MAGIC) - MAGIC).clamp(-127.0, 127.0) as i8;
+                        sum2 += *q2 as i32;
+                    }
                 }
                 // A non-finite block makes its result NaN, as f32 arithmetic would.
                 self.half_d[i * nb + b] = if amax.is_finite() { d * 0.5 } else { f32::NAN };
                 self.corr[i * nb + b] = 12 * sum;
-                let row = &mut self.q[i * n..(i + 1) * n];
-                match layout {
-                    QLayout::Natural => row[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(&qb),
-                    QLayout::Grouped if b < groups * 4 => {
-                        let (g, mm) = (b / 4, b % 4);
-                        for j in 0..16 {
-                            row[g * 128 + mm * 16 + j] = qb[2 * j];
-                            row[g * 128 + 64 + mm * 16 + j] = qb[2 * j + 1];
-                        }
-                        for l in 0..4 {
-                            let lane = i * groups * 16 + g * 16 + mm * 4 + l;
-                            let s: i32 = (0..4).map(|t| qb[2 * (4 * l + t)] as i32 + qb[2 * (4 * l + t) + 1] as i32).sum();
-                            self.lane_neg_corr[lane] = -12 * s;
-                            self.lane_half_d[lane] = self.half_d[i * nb + b];
-                        }
-                    }
-                    QLayout::Grouped => {
-                        for j in 0..16 {
-                            row[b * BLOCK + j] = qb[2 * j];
-                            row[b * BLOCK + 16 + j] = qb[2 * j + 1];
-                        }
-                    }
+                let lane0 = i * groups * 16;
+                place(layout, b, groups, &qb, &mut self.q[i * n..(i + 1) * n], &mut self.lane_neg_corr[lanes_of(layout, lane0, groups)]);
+                if two_limbs {
+                    self.corr2[i * nb + b] = 12 * sum2;
+                    place(layout, b, groups, &qb2, &mut self.q2[i * n..(i + 1) * n], &mut self.lane_neg_corr2[lanes_of(layout, lane0, groups)]);
                 }
+                if layout == QLayout::Grouped && b < groups * 4 {
+                    let first = lane0 + (b / 4) * 16 + (b % 4) * 4;
+                    self.lane_half_d[first..first + 4].fill(self.half_d[i * nb + b]);
+                }
+            }
+        }
+    }
+}
+
+/// The lane range of one row (empty for `Natural`).
+fn lanes_of(layout: QLayout, lane0: usize, groups: usize) -> std::ops::Range<usize> {
+    match layout {
+        QLayout::Natural => 0..0,
+        QLayout::Grouped => lane0..lane0 + groups * 16,
+    }
+}
+
+/// Write block `b`'s quantized values into `row` in `layout` order, and (Grouped, full
+/// groups) the -12 * sum of each dword lane's 8 values into `lanes` (the row's lanes).
+fn place(layout: QLayout, b: usize, groups: usize, qb: &[i8; BLOCK], row: &mut [i8], lanes: &mut [i32]) {
+    match layout {
+        QLayout::Natural => row[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(qb),
+        QLayout::Grouped if b < groups * 4 => {
+            let (g, mm) = (b / 4, b % 4);
+            for j in 0..16 {
+                row[g * 128 + mm * 16 + j] = qb[2 * j];
+                row[g * 128 + 64 + mm * 16 + j] = qb[2 * j + 1];
+            }
+            for l in 0..4 {
+                let s: i32 = (0..4).map(|t| qb[2 * (4 * l + t)] as i32 + qb[2 * (4 * l + t) + 1] as i32).sum();
+                lanes[g * 16 + mm * 4 + l] = -12 * s;
+            }
+        }
+        QLayout::Grouped => {
+            for j in 0..16 {
+                row[b * BLOCK + j] = qb[2 * j];
+                row[b * BLOCK + 16 + j] = qb[2 * j + 1];
             }
         }
     }

@@ -132,7 +132,13 @@ fn mxfp4_decode_paths_match_dequantize() {
 }
 
 #[test]
-fn mxfp4_int8_precision_all_paths_within_stated_bound() {
+fn mxfp4_int8_and_int16_precisions_all_paths_within_stated_bounds() {
+    for (precision, per) in [(Precision::Int8, 254.0), (Precision::Int16, 64516.0)] {
+        int8_case(precision, per);
+    }
+}
+
+fn int8_case(precision: Precision, per: f64) {
     let mut rng = Rng(17);
     for &(m, rows, n) in &[(1, 1, 32), (1, 9, 96), (2, 13, 128), (3, 33, 160), (1, 40, 2880), (2, 5, 2912)] {
         let (blocks, scales, wf) = mxfp4_case(&mut rng, rows, n);
@@ -147,16 +153,16 @@ fn mxfp4_int8_precision_all_paths_within_stated_bound() {
                 for g in 0..n / 32 {
                     let amax = x[i * n + g * 32..i * n + g * 32 + 32].iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
                     let wsum: f64 = wf[r * n + g * 32..r * n + g * 32 + 32].iter().map(|v| v.abs() as f64).sum();
-                    b += amax / 254.0 * wsum;
+                    b += amax / per * wsum;
                 }
                 bound[i * rows + r] = b + 1e-5 * mag[i * rows + r];
             }
         }
         let mut scalar = vec![0f32; m * rows];
-        matmul(Isa::Scalar, Precision::Int8, &x, m, &w, None, &mut scalar, &mut Scratch::default());
+        matmul(Isa::Scalar, precision, &x, m, &w, None, &mut scalar, &mut Scratch::default());
         for isa in Isa::available() {
             let mut got = vec![0f32; m * rows];
-            matmul(isa, Precision::Int8, &x, m, &w, None, &mut got, &mut Scratch::default());
+            matmul(isa, precision, &x, m, &w, None, &mut got, &mut Scratch::default());
             for k in 0..m * rows {
                 let err = (got[k] as f64 - want[k]).abs();
                 assert!(err <= bound[k], "{} int8 [{m},{rows},{n}] {k}: err {err} > {}", isa.name(), bound[k]);
@@ -181,13 +187,15 @@ fn kernel_speed() {
     let b = [0, 1, 2, 3].map(|r| &blocks[r * nb * 16..(r + 1) * nb * 16]);
     let s = [0, 1, 2, 3].map(|r| &scales[r * nb..(r + 1) * nb]);
     let mut qx = quant::QuantX::default();
-    qx.quantize(quant::QLayout::Grouped, &x, 1, n);
+    qx.quantize(quant::QLayout::Grouped, true, &x, 1, n);
     let mut xp = vec![0f32; n];
     layout::reorder(layout::XLayout::Planes, &x, &mut xp);
     let iters = 200_000;
     let f32_kernel = || unsafe { avx512::mxfp4_dot4(&xp, b, s) };
-    let int8_kernel = || unsafe { avx512::mxfp4_dot4_int8(&qx.row(0), b, s) };
-    let kernels: [(&str, &dyn Fn() -> [f32; 4]); 2] = [("f32 ", &f32_kernel), ("int8", &int8_kernel)];
+    let int8_kernel = || unsafe { avx512::mxfp4_dot4_int8::<false>(&qx.row(0), b, s) };
+    let int16_kernel = || unsafe { avx512::mxfp4_dot4_int8::<true>(&qx.row(0), b, s) };
+    let kernels: [(&str, &dyn Fn() -> [f32; 4]); 3] =
+        [("f32  ", &f32_kernel), ("int8 ", &int8_kernel), ("int16", &int16_kernel)];
     for (name, f) in kernels {
         let t0 = std::time::Instant::now();
         let mut acc = 0f32;
