@@ -10,7 +10,6 @@
 
 use gptoss_core::cpu;
 use gptoss_core::kernels::{self, Weight};
-use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -32,25 +31,9 @@ fn fill(buf: &mut [u8], seed: u64, lo: u8, hi: u8) {
     }
 }
 
-/// Plain parallel read of every byte (sum of u64 words).
+/// Plain parallel read of every buffer.
 fn read_all(bufs: &[Vec<u8>]) -> u64 {
-    bufs.iter()
-        .map(|b| {
-            b.par_chunks(1 << 16)
-                .map(|c| {
-                    let (pre, words, post) = unsafe { c.align_to::<u64>() };
-                    let mut acc = [0u64; 8];
-                    for w in words.chunks_exact(8) {
-                        for i in 0..8 {
-                            acc[i] = acc[i].wrapping_add(w[i]);
-                        }
-                    }
-                    acc.iter().fold(0u64, |a, &b| a.wrapping_add(b))
-                        + pre.iter().chain(post).map(|&v| v as u64).sum::<u64>()
-                })
-                .reduce(|| 0, |a, b| a.wrapping_add(b))
-        })
-        .fold(0, |a, b| a.wrapping_add(b))
+    bufs.iter().map(|b| kernels::read_all(b)).fold(0, |a, b| a.wrapping_add(b))
 }
 
 fn median(v: &mut [f64]) -> f64 {

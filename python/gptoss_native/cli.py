@@ -292,6 +292,31 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    serve(args.model, host=args.host, port=args.port, api_key=args.api_key, threads=args.threads,
+          max_context=args.max_context, max_sessions=args.max_sessions, model_name=args.model_name)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_report, main_json, run_bench
+
+    r = run_bench(
+        args.model,
+        prompt_tokens=args.prompt_tokens,
+        new_tokens=args.new_tokens,
+        depth=args.depth,
+        depth_tokens=args.depth_tokens,
+        threads=args.threads,
+        precision=args.precision,
+        bandwidth=not args.no_bandwidth,
+    )
+    print(main_json(r) if args.json else format_report(r))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gptoss-native", description="Run gpt-oss from its native MXFP4 checkpoint.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -319,6 +344,29 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--max-context", type=int, default=None)
         c.add_argument("--tokenizer", help="tokenizer.json or o200k_base.tiktoken, if the model folder has none")
         c.set_defaults(func=cmd_chat if name == "chat" else cmd_generate)
+
+    v = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
+    v.add_argument("model")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (also GPTOSS_NATIVE_API_KEY)")
+    v.add_argument("--model-name", default=None, help="the id clients use (default: the folder name)")
+    v.add_argument("--threads", type=int, default=None)
+    v.add_argument("--max-context", type=int, default=8192, help="tokens per session (bounds memory per client)")
+    v.add_argument("--max-sessions", type=int, default=4, help="sessions generating at once (others queue)")
+    v.set_defaults(func=cmd_serve)
+
+    b = sub.add_parser("bench", help="prefill / decode tok/s, load time, memory")
+    b.add_argument("model")
+    b.add_argument("--prompt-tokens", type=int, default=512, help="prefill length (pp)")
+    b.add_argument("--new-tokens", type=int, default=128, help="decode length from an empty context (tg)")
+    b.add_argument("--depth", type=int, default=1024, help="context depth for the second decode run (0: skip)")
+    b.add_argument("--depth-tokens", type=int, default=32, help="tokens decoded at that depth")
+    b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--precision", choices=["auto", "f32"], default="auto")
+    b.add_argument("--no-bandwidth", action="store_true", help="skip the memory bandwidth measurement")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("synth", help="write a random-weight checkpoint in the real format")
     s.add_argument("out_dir")

@@ -107,11 +107,13 @@ def generate_steps(
     max_new_tokens: int,
     stop_token_ids: Sequence[int] = (),
     vocab_size: int | None = None,
+    cancel=None,
 ) -> Iterator[Step]:
     """Append `prompt_ids` to `session`, then sample up to `max_new_tokens` tokens,
     stopping after a stop token (which is yielded). Each new token is fed back into the
     session before the next is sampled, so the session ends holding prompt + output
-    (minus the last token, which needs no forward pass)."""
+    (minus the last token, which needs no forward pass). `cancel` (a threading.Event)
+    stops the loop before the next token."""
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     stops = set(int(t) for t in stop_token_ids)
@@ -122,11 +124,21 @@ def generate_steps(
         raise ValueError("generation needs at least one prompt token (or a session that has some)")
     sampler = Sampler(params, vocab_size or logits.shape[-1])
     for i in range(max_new_tokens):
+        if cancel is not None and cancel.is_set():
+            return
         step = sampler(logits[0])
         yield step
         if step.token in stops or i + 1 == max_new_tokens:
             return
         logits = session.append([step.token])
+
+
+def reuse_prefix(session, prompt: Sequence[int]) -> int:
+    """Truncate `session` to its common prefix with `prompt`, keeping at least the last
+    prompt token to re-feed (its logits are needed). Returns the tokens kept."""
+    cached = min(_common_prefix(session.tokens, prompt), len(prompt) - 1)
+    session.truncate(cached)
+    return cached
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -218,6 +230,7 @@ def chat(
     current_date=...,
     stream: bool = False,
     session=None,
+    cancel=None,
 ):
     """One assistant turn in the harmony format: render, reuse the cached prefix,
     prefill the rest, decode until `<|return|>` or `<|call|>`, parse. Returns a
@@ -247,10 +260,7 @@ def chat(
                 raise ContextLengthError(
                     f"the prompt has {len(prompt)} tokens, more than the context of {sess.max_context}"
                 )
-            # Prefix reuse: keep the common prefix (at least the last prompt token is re-fed
-            # so that its logits exist).
-            cached = min(_common_prefix(sess.tokens, prompt), len(prompt) - 1)
-            sess.truncate(cached)
+            cached = reuse_prefix(sess, prompt)
             room = sess.max_context - len(prompt)
             max_new = room if max_new_tokens is None else min(int(max_new_tokens), room)
             decoder = StreamDecoder(enc)
@@ -258,7 +268,8 @@ def chat(
             lps: list[dict] = []
             content = ""
             hit_stop = False
-            for step in generate_steps(sess, prompt[cached:], params, max_new, stop_ids, model.config.vocab_size):
+            steps = generate_steps(sess, prompt[cached:], params, max_new, stop_ids, model.config.vocab_size, cancel)
+            for step in steps:
                 tokens.append(step.token)
                 if params.logprobs is not None:
                     lps.append({"token": step.token, "logprob": step.logprob,

@@ -231,6 +231,26 @@ fn bf16_matmul<'py>(
     matmul_common(py, &x, n, rows, &bias, threads, kernels, kernels::Precision::F32, move || Weight::bf16(bytes, rows, n))
 }
 
+/// Plain memory-read bandwidth in GB/s: the median of `reps` parallel reads of a fresh
+/// `mbytes` MB buffer (the baseline benchmarks compare with).
+#[pyfunction]
+#[pyo3(signature = (mbytes=1024, threads=None, reps=5))]
+fn read_bandwidth(py: Python<'_>, mbytes: usize, threads: Option<usize>, reps: usize) -> PyResult<f64> {
+    let pool = pool(threads)?;
+    run_detached(py, move || {
+        let buf: Vec<u8> = (0..mbytes << 20).map(|i| i as u8).collect();
+        let mut v: Vec<f64> = (0..reps.max(1))
+            .map(|_| {
+                let t0 = std::time::Instant::now();
+                std::hint::black_box(pool.install(|| kernels::read_all(&buf)));
+                buf.len() as f64 / t0.elapsed().as_secs_f64() / 1e9
+            })
+            .collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        Ok(v[v.len() / 2])
+    })
+}
+
 /// Which kernel path runs, and why; the CPU features behind it.
 #[pyfunction]
 fn cpu_features(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
@@ -279,6 +299,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mxfp4_matmul, m)?)?;
     m.add_function(wrap_pyfunction!(bf16_matmul, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_features, m)?)?;
+    m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     model::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -350,5 +350,24 @@ pub fn matmul(
     });
 }
 
+/// Read every byte of `buf` (a wrapping sum of its u64 words), in parallel over the
+/// current pool: the plain memory-read baseline the benchmarks compare kernels with.
+pub fn read_all(buf: &[u8]) -> u64 {
+    buf.par_chunks(1 << 16)
+        .map(|c| {
+            // SAFETY: any bytes are valid u64s; align_to splits off unaligned ends.
+            let (pre, words, post) = unsafe { c.align_to::<u64>() };
+            let mut acc = [0u64; 8];
+            for w in words.chunks_exact(8) {
+                for i in 0..8 {
+                    acc[i] = acc[i].wrapping_add(w[i]);
+                }
+            }
+            let tail = words.chunks_exact(8).remainder().iter().fold(0u64, |a, &b| a.wrapping_add(b));
+            acc.iter().fold(tail, |a, &b| a.wrapping_add(b)) + pre.iter().chain(post).map(|&v| v as u64).sum::<u64>()
+        })
+        .reduce(|| 0, |a, b| a.wrapping_add(b))
+}
+
 #[cfg(test)]
 mod tests;
