@@ -305,3 +305,26 @@ def test_chat_context_overflow(tiny_model_dir):
     m = gn.load(tiny_model_dir, max_context=32)
     with pytest.raises(gn.ContextLengthError, match="more than the context of 32"):
         m.chat([{"role": "user", "content": "hello " * 50}])
+
+
+def test_prompt_lookup_decoding_matches_greedy(tiny):
+    # A repetitive prompt: drafts from the context get accepted whenever the model repeats.
+    prompt = tiny.tokenizer.encode("one two three four five six " * 6)
+    plain = tiny.generate(prompt, max_new_tokens=24, temperature=0, stop_token_ids=[])
+    fast = tiny.generate(prompt, max_new_tokens=24, temperature=0, stop_token_ids=[], prompt_lookup=6)
+    assert fast == plain
+    s = tiny.session()
+    out = tiny.generate(prompt, max_new_tokens=24, temperature=0, stop_token_ids=[], prompt_lookup=6, session=s)
+    assert out == plain
+    full = list(prompt) + plain
+    assert len(s.tokens) >= len(full) - 1 and s.tokens == full[: len(s.tokens)]
+    with pytest.raises(ValueError, match="greedy"):
+        tiny.generate(prompt, max_new_tokens=2, prompt_lookup=4)
+
+
+def test_lookup_draft():
+    from gptoss_native.generate import _lookup_draft
+
+    assert _lookup_draft([1, 2, 3, 9, 1, 2, 3], 2) == [9, 1]
+    assert _lookup_draft([5, 6, 7], 3) == []
+    assert _lookup_draft([4, 4, 4], 2) == [4]

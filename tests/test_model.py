@@ -216,6 +216,33 @@ def test_sessions_from_several_threads():
         assert np.max(np.abs(r - want)) <= 1e-5
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_batched_step_equals_separate_sessions(name):
+    """model.step advances several sessions at different depths in one pass."""
+    g = GOLDEN[name]
+    m = model(name)
+    prompts = [g["input_ids"][b % len(g["input_ids"])].tolist()[: 5 + 7 * b] for b in range(5)]
+    nxt = [int(p[-1]) for p in prompts]
+    sessions = [m.session() for _ in prompts]
+    for s, p in zip(sessions, prompts):
+        s.append(p[:-1], logits=None)
+    for batch in (sessions[:1], sessions[:3], sessions):  # GEMV (m < 4) and GEMM paths
+        ids = nxt[: len(batch)]
+        got = m.step(batch, ids)
+        assert got.shape == (len(batch), m.config.vocab_size)
+        for i, s in enumerate(batch):
+            want = m.forward(s.tokens)[-1]
+            assert np.max(np.abs(got[i] - want)) <= 1e-4
+        nxt = [int(r.argmax()) for r in got] + nxt[len(batch):]
+    with pytest.raises(ValueError, match="twice"):
+        m.step([sessions[0], sessions[0]], [1, 2])
+    with pytest.raises(ValueError, match="sessions but"):
+        m.step(sessions[:2], [1])
+    other = gn.load(FIXTURES / name, precision="f32")
+    with pytest.raises(ValueError, match="this model"):
+        m.step([other.session()], [1])
+
+
 def test_config_attributes():
     c = model("tiny-b").config
     assert (c.hidden_size, c.num_hidden_layers, c.num_key_value_heads, c.head_dim) == (128, 3, 1, 64)

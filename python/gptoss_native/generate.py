@@ -133,6 +133,59 @@ def generate_steps(
         logits = session.append([step.token])
 
 
+def _lookup_draft(context: list[int], k: int, max_ngram: int = 3) -> list[int]:
+    """Up to k tokens that followed the latest earlier occurrence of the context's last
+    n-gram (longest n first): the prompt-lookup draft."""
+    for n in range(min(max_ngram, len(context) - 1), 0, -1):
+        tail = context[-n:]
+        for start in range(len(context) - n - 1, -1, -1):
+            if context[start : start + n] == tail:
+                return context[start + n : start + n + k]
+    return []
+
+
+def prompt_lookup_steps(
+    session, prompt_ids: Sequence[int], max_new_tokens: int, stop_token_ids: Sequence[int] = (), k: int = 8
+) -> Iterator[Step]:
+    """Greedy decoding with prompt-lookup speculation (no draft model): draft up to k
+    tokens from n-grams of the context, feed them after the current token in one pass,
+    keep the longest prefix the model itself would have chosen (plus its next token),
+    and truncate the cache past it. The output equals plain greedy decoding except where
+    two logits tie within the precision's tolerance (batched and one-token passes sum in
+    different orders)."""
+    stops = set(int(t) for t in stop_token_ids)
+    context = list(session.tokens) + list(prompt_ids)
+    logits = session.append(list(prompt_ids))
+    produced = 0
+    while produced < max_new_tokens:
+        tok = int(np.argmax(logits[0]))
+        yield Step(tok)
+        produced += 1
+        context.append(tok)
+        if tok in stops or produced >= max_new_tokens:
+            return
+        draft = _lookup_draft(context, min(k, max_new_tokens - produced))
+        if not draft:
+            logits = session.append([tok])
+            continue
+        # One pass over tok + draft: rows[i] are the logits after tok, draft[:i].
+        rows = session.append([tok] + draft, logits="all")
+        accepted = 0
+        for i, d in enumerate(draft):
+            if int(np.argmax(rows[i])) != d:
+                break
+            yield Step(d)
+            produced += 1
+            accepted += 1
+            context.append(d)
+            if d in stops or produced >= max_new_tokens:
+                session.truncate(len(context))
+                return
+        # Keep tok and the accepted draft (their K/V came from this pass); drop the rest.
+        session.truncate(len(context))
+        logits = rows[accepted : accepted + 1]
+
+
 def reuse_prefix(session, prompt: Sequence[int]) -> int:
     """Truncate `session` to its common prefix with `prompt`, keeping at least the last
     prompt token to re-feed (its logits are needed). Returns the tokens kept."""
@@ -176,12 +229,15 @@ def generate(
     stop: str | Sequence[str] | None = None,
     stream: bool = False,
     session=None,
+    prompt_lookup: int = 0,
 ):
     """New token ids for `prompt_ids` (a list, or an iterator of ids with stream=True).
 
     Stops after a stop token id (default: the config's eos ids; the stop token is
     included) or once the decoded output contains a stop string (the output ends with
-    the token that completed it)."""
+    the token that completed it). `prompt_lookup=K` (greedy only) speculates up to K
+    tokens from n-grams of the context and verifies them in one pass (see
+    `prompt_lookup_steps`)."""
     from .model import _ids
 
     params = SamplingParams(temperature, top_p, top_k, min_p, presence_penalty, frequency_penalty, seed).validate()
@@ -197,9 +253,17 @@ def generate(
 
         raise ContextLengthError(f"prompt of {len(prompt)} tokens does not fit the context of {sess.max_context}")
 
+    if prompt_lookup and params.temperature != 0:
+        raise ValueError("prompt_lookup needs greedy decoding (temperature=0)")
+
     def run() -> Iterator[int]:
         out: list[int] = []
-        for step in generate_steps(sess, prompt, params, max_new, stop_token_ids, model.config.vocab_size):
+        steps = (
+            prompt_lookup_steps(sess, prompt, max_new, stop_token_ids, prompt_lookup)
+            if prompt_lookup
+            else generate_steps(sess, prompt, params, max_new, stop_token_ids, model.config.vocab_size)
+        )
+        for step in steps:
             out.append(step.token)
             yield step.token
             if strings:

@@ -169,6 +169,18 @@ class Model:
         """A new session with its own KV cache (up to `max_context` tokens)."""
         return Session(self, self._core.session())
 
+    def step(self, sessions: Sequence[Session], token_ids: Sequence[int]) -> np.ndarray:
+        """Batched decode: advance each session by its token in one pass that reads every
+        weight once for all of them. Returns float32 logits [len(sessions), vocab]."""
+        if len(sessions) != len(token_ids):
+            raise ValueError(f"{len(sessions)} sessions but {len(token_ids)} token ids")
+        for s in sessions:
+            if not isinstance(s, Session) or s.model is not self:
+                raise ValueError("every session must be a Session of this model")
+        if len({id(s) for s in sessions}) != len(sessions):
+            raise ValueError("a session appears twice in one step")
+        return self._core.step([s._core for s in sessions], _ids(token_ids))
+
     def _chat_session(self) -> Session:
         """The session `chat` keeps across turns (callers hold `_chat_lock`)."""
         if self._chat_sess is None:

@@ -98,6 +98,25 @@ impl PyModel {
         Ok(out.into_pyarray(py).reshape(vec![c.num_hidden_layers, n, c.num_local_experts])?)
     }
 
+    /// Advance each session by one token in one batched pass: float32 [len(sessions), vocab].
+    fn step<'py>(
+        &self,
+        py: Python<'py>,
+        sessions: Vec<PyRefMut<'py, PySession>>,
+        ids: Vec<i64>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let ids = ids_u32(ids)?;
+        let mut sessions = sessions;
+        if sessions.iter().any(|s| !Arc::ptr_eq(&s.inner.model, &self.inner)) {
+            return Err(PyValueError::new_err("every session must come from this model"));
+        }
+        let n = sessions.len();
+        let pool = self.pool.clone();
+        let mut refs: Vec<&mut Session> = sessions.iter_mut().map(|s| &mut s.inner).collect();
+        let out = run_detached(py, move || pool.install(|| Session::step_batch(&mut refs, &ids)))?;
+        Ok(out.into_pyarray(py).reshape(vec![n, self.inner.config.vocab_size])?)
+    }
+
     /// A new session with its own KV cache.
     fn session(&self) -> PySession {
         PySession { inner: Session::new(self.inner.clone()), pool: self.pool.clone() }

@@ -29,6 +29,13 @@ use crate::runtime::kv_cache::{KvCache, LayerKv};
 use crate::runtime::Logits;
 use rayon::prelude::*;
 
+/// One sequence of a batch: new tokens for one cache, and which logits to return.
+pub struct Segment<'a> {
+    pub cache: &'a mut KvCache,
+    pub ids: &'a [u32],
+    pub want: Logits,
+}
+
 /// SwiGLU's sigmoid slope (gpt-oss uses a fixed 1.702).
 const SWIGLU_ALPHA: f32 = 1.702;
 
@@ -121,27 +128,52 @@ impl Model {
         ws: &mut Workspace,
         ids: &[u32],
         want: Logits,
-        mut hidden: Option<&mut Vec<f32>>,
+        hidden: Option<&mut Vec<f32>>,
     ) -> Result<Vec<f32>> {
+        let mut segs = [Segment { cache, ids, want }];
+        Ok(self.forward_batch(&mut segs, ws, hidden)?.pop().unwrap_or_default())
+    }
+
+    /// Several sequences in one pass: every segment's tokens go through the matmuls
+    /// together (each weight is read once for all of them), and attend to their own
+    /// cache. Returns each segment's logits as its `want` asks. With `hidden` (rows of
+    /// all segments, in order), the residual stream as in `forward`.
+    pub fn forward_batch(
+        &self,
+        segs: &mut [Segment<'_>],
+        ws: &mut Workspace,
+        mut hidden: Option<&mut Vec<f32>>,
+    ) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
-        let (t_n, hd) = (ids.len(), c.hidden_size);
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= c.vocab_size) {
-            return Err(Error::Value(format!("token id {bad} is out of range for the vocabulary of {}", c.vocab_size)));
+        let hd = c.hidden_size;
+        for seg in segs.iter_mut() {
+            if let Some(&bad) = seg.ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+                return Err(Error::Value(format!("token id {bad} is out of range for the vocabulary of {}", c.vocab_size)));
+            }
+            // A step interrupted by a panic may have left K/V rows past len: drop them.
+            seg.cache.rollback();
+            seg.cache.check_room(seg.ids.len())?;
         }
-        // A step interrupted by a panic may have left K/V rows past len: drop them.
-        cache.rollback();
-        cache.check_room(t_n)?;
+        // Token t of the batch: its segment and its position in that segment's sequence.
+        let mut tok_seg = Vec::new();
+        let mut tok_pos = Vec::new();
+        for (s, seg) in segs.iter().enumerate() {
+            for j in 0..seg.ids.len() {
+                tok_seg.push(s);
+                tok_pos.push(seg.cache.len() + j);
+            }
+        }
+        let t_n = tok_seg.len();
         if t_n == 0 {
-            return Ok(Vec::new());
+            return Ok(segs.iter().map(|_| Vec::new()).collect());
         }
-        let p0 = cache.len();
         let ck = &self.ckpt;
         let w = &self.weights;
 
         // x = embed[ids]: [T, H]
         let x = buf(&mut ws.x, t_n * hd);
         let embed = ck.bytes(&w.embed);
-        for (t, &id) in ids.iter().enumerate() {
+        for (t, &id) in segs.iter().flat_map(|s| s.ids.iter()).enumerate() {
             let row = &embed[id as usize * hd * 2..(id as usize + 1) * hd * 2];
             crate::bf16::widen(row, &mut x[t * hd..(t + 1) * hd]);
         }
@@ -155,37 +187,68 @@ impl Model {
         let cos = buf(&mut ws.cos, t_n * half);
         let sin = buf(&mut ws.sin, t_n * half);
         for t in 0..t_n {
-            self.rope.cos_sin(p0 + t, &mut cos[t * half..(t + 1) * half], &mut sin[t * half..(t + 1) * half]);
+            self.rope.cos_sin(tok_pos[t], &mut cos[t * half..(t + 1) * half], &mut sin[t * half..(t + 1) * half]);
         }
 
         for (li, layer) in w.layers.iter().enumerate() {
-            self.attention_block(layer, &mut cache.layers[li], p0, t_n, ws);
+            self.attention_block(layer, li, segs, &tok_seg, &tok_pos, ws);
             self.moe_block(layer, t_n, ws);
             if let Some(hs) = hidden.as_deref_mut() {
                 hs.extend_from_slice(&ws.x[..t_n * hd]);
             }
         }
-        cache.commit(t_n);
+        for seg in segs.iter_mut() {
+            seg.cache.commit(seg.ids.len());
+        }
 
-        // logits = rmsnorm(x[rows]) * norm @ lm_head^T
-        let rows: Vec<usize> = match want {
-            Logits::None => return Ok(Vec::new()),
-            Logits::Last => vec![t_n - 1],
-            Logits::All => (0..t_n).collect(),
-        };
-        let h = buf(&mut ws.h, rows.len() * hd);
-        for (i, &t) in rows.iter().enumerate() {
-            rmsnorm(&ws.x[t * hd..(t + 1) * hd], &w.norm, c.rms_norm_eps, &mut h[i * hd..(i + 1) * hd]);
+        // logits = rmsnorm(x[rows]) * norm @ lm_head^T, only for the rows asked for
+        let mut rows: Vec<usize> = Vec::new();
+        let mut counts = Vec::with_capacity(segs.len());
+        let mut first = 0;
+        for seg in segs.iter() {
+            let n = seg.ids.len();
+            let before = rows.len();
+            match seg.want {
+                Logits::None => {}
+                Logits::Last if n > 0 => rows.push(first + n - 1),
+                Logits::Last => {}
+                Logits::All => rows.extend(first..first + n),
+            }
+            counts.push(rows.len() - before);
+            first += n;
         }
         let mut logits = vec![0f32; rows.len() * c.vocab_size];
-        self.matmul(h, rows.len(), &w.lm_head.weight(ck), None, &mut logits, &mut ws.scratch);
-        Ok(logits)
+        if !rows.is_empty() {
+            let h = buf(&mut ws.h, rows.len() * hd);
+            for (i, &t) in rows.iter().enumerate() {
+                rmsnorm(&ws.x[t * hd..(t + 1) * hd], &w.norm, c.rms_norm_eps, &mut h[i * hd..(i + 1) * hd]);
+            }
+            self.matmul(h, rows.len(), &w.lm_head.weight(ck), None, &mut logits, &mut ws.scratch);
+        }
+        let mut out = Vec::with_capacity(segs.len());
+        let mut rest = &logits[..];
+        for n in counts {
+            let (mine, tail) = rest.split_at(n * c.vocab_size);
+            out.push(mine.to_vec());
+            rest = tail;
+        }
+        Ok(out)
     }
 
-    /// x += attention(rmsnorm(x)) for T tokens at p0.., appending their K/V to `kv`.
-    fn attention_block(&self, layer: &Layer, kv: &mut LayerKv, p0: usize, t_n: usize, ws: &mut Workspace) {
+    /// x += attention(rmsnorm(x)) for every token of the batch, appending each
+    /// segment's K/V to its own cache (layer `li`).
+    fn attention_block(
+        &self,
+        layer: &Layer,
+        li: usize,
+        segs: &mut [Segment<'_>],
+        tok_seg: &[usize],
+        tok_pos: &[usize],
+        ws: &mut Workspace,
+    ) {
         let c = &self.config;
         let ck = &self.ckpt;
+        let t_n = tok_seg.len();
         let (hd, head_dim) = (c.hidden_size, c.head_dim);
         let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
         let half = head_dim / 2;
@@ -208,11 +271,19 @@ impl Model {
                 Rope::apply(head, cs, sn);
             }
         }
-        kv.k.extend_from_slice(k);
-        kv.v.extend_from_slice(v);
+        // Each segment's rows are contiguous: append them to its cache.
+        let mut first = 0;
+        for seg in segs.iter_mut() {
+            let n = seg.ids.len();
+            let kv = &mut seg.cache.layers[li];
+            kv.k.extend_from_slice(&k[first * kv_dim..(first + n) * kv_dim]);
+            kv.v.extend_from_slice(&v[first * kv_dim..(first + n) * kv_dim]);
+            first += n;
+        }
 
+        let caches: Vec<&LayerKv> = segs.iter().map(|s| &s.cache.layers[li]).collect();
         let attn = buf(&mut ws.attn, t_n * q_dim);
-        self.attend(layer, q, kv, p0, t_n, attn);
+        self.attend(layer, q, &caches, tok_seg, tok_pos, attn);
         // attn[T, q_dim] @ Wo[H, q_dim]^T -> o[T, H]; x += o
         let o = buf(&mut ws.o, t_n * hd);
         self.matmul(attn, t_n, &layer.o.weight(ck), Some(&layer.o_bias), o, &mut ws.scratch);
@@ -224,7 +295,8 @@ impl Model {
     /// Scaled dot-product attention with a learned sink per head, over the visible keys
     /// (all up to the query, or the last `sliding_window` including it). One task per
     /// (token, kv head) handles the query heads that share that kv head.
-    fn attend(&self, layer: &Layer, q: &[f32], kv: &LayerKv, p0: usize, t_n: usize, out: &mut [f32]) {
+    fn attend(&self, layer: &Layer, q: &[f32], caches: &[&LayerKv], tok_seg: &[usize], tok_pos: &[usize], out: &mut [f32]) {
+        let t_n = tok_seg.len();
         let c = &self.config;
         let (nh, nkv, head_dim) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
@@ -238,7 +310,7 @@ impl Model {
         (0..t_n * nkv).into_par_iter().for_each(|task| {
             let optr = optr;
             let (t, g) = (task / nkv, task % nkv);
-            let pos = p0 + t;
+            let (kv, pos) = (caches[tok_seg[t]], tok_pos[t]);
             let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
             let nkeys = pos + 1 - lo;
             let mut scores = vec![0f32; nkeys];

@@ -2,7 +2,7 @@
 
 use super::kv_cache::KvCache;
 use crate::error::{Error, Result};
-use crate::model::forward::Workspace;
+use crate::model::forward::{Segment, Workspace};
 use crate::model::Model;
 use std::sync::Arc;
 
@@ -48,6 +48,35 @@ impl Session {
         let out = self.model.forward(&mut self.cache, &mut self.ws, ids, logits, Some(hidden))?;
         self.tokens.extend_from_slice(ids);
         Ok(out)
+    }
+
+    /// Advance several sessions of the same model by one token each, in one pass that
+    /// reads every weight once for all of them. Returns the last-token logits of each,
+    /// [sessions, vocab] in order.
+    pub fn step_batch(sessions: &mut [&mut Session], ids: &[u32]) -> Result<Vec<f32>> {
+        if sessions.len() != ids.len() {
+            return Err(Error::Value(format!("{} sessions but {} token ids", sessions.len(), ids.len())));
+        }
+        let Some(first) = sessions.first() else { return Ok(Vec::new()) };
+        let model = first.model.clone();
+        if sessions.iter().any(|s| !Arc::ptr_eq(&s.model, &model)) {
+            return Err(Error::Value("all sessions of a batch must belong to the same model".into()));
+        }
+        let mut ws = std::mem::take(&mut sessions[0].ws);
+        let result = {
+            let mut segs: Vec<Segment> = sessions
+                .iter_mut()
+                .zip(ids.chunks(1))
+                .map(|(s, id)| Segment { cache: &mut s.cache, ids: id, want: Logits::Last })
+                .collect();
+            model.forward_batch(&mut segs, &mut ws, None)
+        };
+        sessions[0].ws = ws;
+        let out = result?;
+        for (s, &id) in sessions.iter_mut().zip(ids) {
+            s.tokens.push(id);
+        }
+        Ok(out.concat())
     }
 
     pub fn truncate(&mut self, n: usize) -> Result<()> {
