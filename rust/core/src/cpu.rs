@@ -34,7 +34,9 @@ impl Isa {
     }
 
     pub fn parse(s: &str) -> Option<Isa> {
-        Isa::ALL.into_iter().find(|i| i.name() == s.trim().to_ascii_lowercase())
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.name() == s.trim().to_ascii_lowercase())
     }
 
     /// Whether this CPU can run the path.
@@ -85,7 +87,10 @@ pub fn features() -> Features {
     }
     #[cfg(target_arch = "aarch64")]
     {
-        Features { neon: std::arch::is_aarch64_feature_detected!("neon"), ..Default::default() }
+        Features {
+            neon: std::arch::is_aarch64_feature_detected!("neon"),
+            ..Default::default()
+        }
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
@@ -116,7 +121,10 @@ pub fn select(forced: Option<&str>) -> Result<(Isa, String)> {
     match req {
         None => {
             let isa = best();
-            Ok((isa, format!("{} is the best path this CPU supports", isa.name())))
+            Ok((
+                isa,
+                format!("{} is the best path this CPU supports", isa.name()),
+            ))
         }
         Some(s) => {
             let isa = Isa::parse(&s).ok_or_else(|| {
@@ -128,7 +136,11 @@ pub fn select(forced: Option<&str>) -> Result<(Isa, String)> {
                 return Err(Error::Other(format!(
                     "{source}={s:?}: this CPU does not support the {} path (available: {})",
                     isa.name(),
-                    Isa::available().iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
+                    Isa::available()
+                        .iter()
+                        .map(|i| i.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
             let isa = if isa == Isa::Neon { Isa::Scalar } else { isa };

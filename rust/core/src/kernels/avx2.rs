@@ -199,7 +199,11 @@ pub unsafe fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4
 /// avx2/fma; sizes as for `mxfp4_dot4`, `x` quantized in `Grouped` order.
 /// With `TWO`, the second limb ("int16" precision) is summed alike.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn mxfp4_dot4_int8<const TWO: bool>(x: &super::quant::QRow, blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> [f32; 4] {
+pub unsafe fn mxfp4_dot4_int8<const TWO: bool>(
+    x: &super::quant::QRow,
+    blocks: [&[u8]; 4],
+    scales: [&[u8]; 4],
+) -> [f32; 4] {
     use super::quant::{LIMB2, W2_PLUS_12};
     let nb = scales[0].len();
     let groups = nb / 4;
@@ -234,7 +238,10 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool>(x: &super::quant::QRow, blocks: [
                 );
                 let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xq), ones);
                 // Exact integer block sum first: the +12 offset cancels only in integers.
-                let s4 = _mm_add_epi32(_mm256_castsi256_si128(p32), _mm256_extracti128_si256::<1>(p32));
+                let s4 = _mm_add_epi32(
+                    _mm256_castsi256_si128(p32),
+                    _mm256_extracti128_si256::<1>(p32),
+                );
                 let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
                 let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b10_11_00_01>(s4));
                 _mm_cvtsi128_si32(s4) - corr

@@ -6,13 +6,13 @@
 //! thread-local buffer) and reuses it for every row of x with a 4x4 register tile.
 //! Work is split over output rows with rayon, in whatever pool the caller installed.
 
-pub mod generic;
-pub mod layout;
-pub mod quant;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+pub mod generic;
+pub mod layout;
+pub mod quant;
 
 use crate::cpu::Isa;
 use crate::mxfp4::{BLOCK, BLOCK_BYTES};
@@ -50,9 +50,18 @@ pub const GEMM_MIN_ROWS: usize = 4;
 #[derive(Clone, Copy, Debug)]
 pub enum Weight<'a> {
     /// MXFP4: `blocks` [rows, cols/32, 16], `scales` [rows, cols/32].
-    Mxfp4 { blocks: &'a [u8], scales: &'a [u8], rows: usize, cols: usize },
+    Mxfp4 {
+        blocks: &'a [u8],
+        scales: &'a [u8],
+        rows: usize,
+        cols: usize,
+    },
     /// bf16, little-endian, row-major [rows, cols].
-    Bf16 { data: &'a [u8], rows: usize, cols: usize },
+    Bf16 {
+        data: &'a [u8],
+        rows: usize,
+        cols: usize,
+    },
 }
 
 impl<'a> Weight<'a> {
@@ -61,7 +70,12 @@ impl<'a> Weight<'a> {
         assert!(cols % BLOCK == 0, "mxfp4 cols {cols} not a multiple of 32");
         assert_eq!(blocks.len(), rows * cols / 2, "mxfp4 blocks length");
         assert_eq!(scales.len(), rows * cols / BLOCK, "mxfp4 scales length");
-        Weight::Mxfp4 { blocks, scales, rows, cols }
+        Weight::Mxfp4 {
+            blocks,
+            scales,
+            rows,
+            cols,
+        }
     }
 
     pub fn bf16(data: &'a [u8], rows: usize, cols: usize) -> Weight<'a> {
@@ -92,7 +106,12 @@ impl<'a> Weight<'a> {
     /// Rows `r0..r1` as a weight of their own.
     pub fn slice_rows(&self, r0: usize, r1: usize) -> Weight<'a> {
         match *self {
-            Weight::Mxfp4 { blocks, scales, cols, .. } => {
+            Weight::Mxfp4 {
+                blocks,
+                scales,
+                cols,
+                ..
+            } => {
                 let nb = cols / BLOCK;
                 Weight::Mxfp4 {
                     blocks: &blocks[r0 * nb * BLOCK_BYTES..r1 * nb * BLOCK_BYTES],
@@ -101,9 +120,11 @@ impl<'a> Weight<'a> {
                     cols,
                 }
             }
-            Weight::Bf16 { data, cols, .. } => {
-                Weight::Bf16 { data: &data[r0 * cols * 2..r1 * cols * 2], rows: r1 - r0, cols }
-            }
+            Weight::Bf16 { data, cols, .. } => Weight::Bf16 {
+                data: &data[r0 * cols * 2..r1 * cols * 2],
+                rows: r1 - r0,
+                cols,
+            },
         }
     }
 
@@ -122,7 +143,12 @@ impl<'a> Weight<'a> {
 #[inline]
 fn dot4(isa: Isa, x: &[f32], w: &Weight, r: [usize; 4]) -> [f32; 4] {
     match *w {
-        Weight::Mxfp4 { blocks, scales, cols, .. } => {
+        Weight::Mxfp4 {
+            blocks,
+            scales,
+            cols,
+            ..
+        } => {
             let nb = cols / BLOCK;
             let b = r.map(|r| &blocks[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES]);
             let s = r.map(|r| &scales[r * nb..(r + 1) * nb]);
@@ -153,7 +179,12 @@ fn dot4(isa: Isa, x: &[f32], w: &Weight, r: [usize; 4]) -> [f32; 4] {
 #[inline]
 fn decode_row(isa: Isa, w: &Weight, r: usize, out: &mut [f32]) {
     match *w {
-        Weight::Mxfp4 { blocks, scales, cols, .. } => {
+        Weight::Mxfp4 {
+            blocks,
+            scales,
+            cols,
+            ..
+        } => {
             let nb = cols / BLOCK;
             let b = &blocks[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES];
             let s = &scales[r * nb..(r + 1) * nb];
@@ -182,7 +213,15 @@ fn decode_row(isa: Isa, w: &Weight, r: usize, out: &mut [f32]) {
 /// MXFP4 rows.
 #[inline]
 fn dot4_int8<const TWO: bool>(isa: Isa, x: &QRow, w: &Weight, r: [usize; 4]) -> [f32; 4] {
-    let Weight::Mxfp4 { blocks, scales, cols, .. } = *w else { unreachable!("int8 GEMV is MXFP4 only") };
+    let Weight::Mxfp4 {
+        blocks,
+        scales,
+        cols,
+        ..
+    } = *w
+    else {
+        unreachable!("int8 GEMV is MXFP4 only")
+    };
     let nb = cols / BLOCK;
     let b = r.map(|r| &blocks[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES]);
     let s = r.map(|r| &scales[r * nb..(r + 1) * nb]);
@@ -314,7 +353,12 @@ pub fn matmul(
                 let xi = &xs[i * n..(i + 1) * n];
                 let qi = if int8 { Some(qx.row(i)) } else { None };
                 for r in (r0..r1).step_by(4) {
-                    let rr = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)];
+                    let rr = [
+                        r,
+                        (r + 1).min(r1 - 1),
+                        (r + 2).min(r1 - 1),
+                        (r + 3).min(r1 - 1),
+                    ];
                     let d = match &qi {
                         Some(q) if two => dot4_int8::<true>(isa, q, w, rr),
                         Some(q) => dot4_int8::<false>(isa, q, w, rr),
@@ -363,8 +407,13 @@ pub fn read_all(buf: &[u8]) -> u64 {
                     acc[i] = acc[i].wrapping_add(w[i]);
                 }
             }
-            let tail = words.chunks_exact(8).remainder().iter().fold(0u64, |a, &b| a.wrapping_add(b));
-            acc.iter().fold(tail, |a, &b| a.wrapping_add(b)) + pre.iter().chain(post).map(|&v| v as u64).sum::<u64>()
+            let tail = words
+                .chunks_exact(8)
+                .remainder()
+                .iter()
+                .fold(0u64, |a, &b| a.wrapping_add(b));
+            acc.iter().fold(tail, |a, &b| a.wrapping_add(b))
+                + pre.iter().chain(post).map(|&v| v as u64).sum::<u64>()
         })
         .reduce(|| 0, |a, b| a.wrapping_add(b))
 }

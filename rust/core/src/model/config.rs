@@ -58,10 +58,9 @@ impl Fields<'_> {
     fn usize(&self, key: &str) -> Result<usize> {
         match self.obj.get(key) {
             None => Err(self.err(key, "missing")),
-            Some(v) => v
-                .as_u64()
-                .map(|n| n as usize)
-                .ok_or_else(|| self.err(key, &format!("expected a non-negative integer, found {v}"))),
+            Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| {
+                self.err(key, &format!("expected a non-negative integer, found {v}"))
+            }),
         }
     }
     fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
@@ -74,16 +73,25 @@ impl Fields<'_> {
     fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match self.obj.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| self.err(key, &format!("expected a number, found {v}"))),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.err(key, &format!("expected a number, found {v}"))),
         }
     }
     fn ids(&self, key: &str) -> Result<Option<Vec<u32>>> {
         match self.obj.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => Ok(Some(vec![n.as_u64().ok_or_else(|| self.err(key, "expected a token id"))? as u32])),
+            Some(Value::Number(n)) => Ok(Some(vec![n
+                .as_u64()
+                .ok_or_else(|| self.err(key, "expected a token id"))?
+                as u32])),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|v| v.as_u64().map(|n| n as u32).ok_or_else(|| self.err(key, "expected token ids")))
+                .map(|v| {
+                    v.as_u64()
+                        .map(|n| n as u32)
+                        .ok_or_else(|| self.err(key, "expected token ids"))
+                })
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
             Some(v) => Err(self.err(key, &format!("expected a token id or a list, found {v}"))),
@@ -94,15 +102,18 @@ impl Fields<'_> {
 impl Config {
     /// Read and validate `config.json` (either layout).
     pub fn from_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Checkpoint(format!("{}: cannot read config: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Checkpoint(format!("{}: cannot read config: {e}", path.display()))
+        })?;
         Config::from_json(&text, &path.display().to_string())
     }
 
     pub fn from_json(text: &str, file: &str) -> Result<Config> {
         let v: Value = serde_json::from_str(text)
             .map_err(|e| Error::Checkpoint(format!("{file}: invalid JSON: {e}")))?;
-        let obj = v.as_object().ok_or_else(|| Error::Checkpoint(format!("{file}: expected a JSON object")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::Checkpoint(format!("{file}: expected a JSON object")))?;
         let f = Fields { obj, file };
         let original = !obj.contains_key("num_local_experts") && obj.contains_key("num_experts");
         let num_hidden_layers = f.usize("num_hidden_layers")?;
@@ -125,7 +136,13 @@ impl Config {
                 sliding_window,
                 // Even layers slide, starting at layer 0.
                 layer_types: (0..num_hidden_layers)
-                    .map(|i| if i % 2 == 0 { Attention::Sliding } else { Attention::Full })
+                    .map(|i| {
+                        if i % 2 == 0 {
+                            Attention::Sliding
+                        } else {
+                            Attention::Full
+                        }
+                    })
                     .collect(),
                 rope_theta: f.f64_or("rope_theta", 150000.0)?,
                 rope_factor: factor,
@@ -141,7 +158,13 @@ impl Config {
         } else {
             let layer_types = match obj.get("layer_types") {
                 None | Some(Value::Null) => (0..num_hidden_layers)
-                    .map(|i| if i % 2 == 0 { Attention::Sliding } else { Attention::Full })
+                    .map(|i| {
+                        if i % 2 == 0 {
+                            Attention::Sliding
+                        } else {
+                            Attention::Full
+                        }
+                    })
                     .collect(),
                 Some(Value::Array(a)) => a
                     .iter()
@@ -157,15 +180,31 @@ impl Config {
             let rs = match obj.get("rope_scaling") {
                 Some(Value::Object(m)) => m,
                 None | Some(Value::Null) => &empty,
-                Some(v) => return Err(f.err("rope_scaling", &format!("expected an object, found {v}"))),
+                Some(v) => {
+                    return Err(f.err("rope_scaling", &format!("expected an object, found {v}")))
+                }
             };
             let r = Fields { obj: rs, file };
-            let rope_type = rs.get("rope_type").or_else(|| rs.get("type")).and_then(|v| v.as_str()).unwrap_or("yarn");
+            let rope_type = rs
+                .get("rope_type")
+                .or_else(|| rs.get("type"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("yarn");
             if rope_type != "yarn" {
-                return Err(f.err("rope_scaling", &format!("rope_type {rope_type:?} is not supported (expected \"yarn\")")));
+                return Err(f.err(
+                    "rope_scaling",
+                    &format!("rope_type {rope_type:?} is not supported (expected \"yarn\")"),
+                ));
             }
-            if rs.get("truncate").and_then(|v| v.as_bool()).unwrap_or(false) {
-                return Err(f.err("rope_scaling", "truncate=true is not supported (gpt-oss uses false)"));
+            if rs
+                .get("truncate")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false)
+            {
+                return Err(f.err(
+                    "rope_scaling",
+                    "truncate=true is not supported (gpt-oss uses false)",
+                ));
             }
             Config {
                 vocab_size: f.usize("vocab_size")?,
@@ -229,13 +268,22 @@ impl Config {
             ));
         }
         if self.hidden_size % 32 != 0 {
-            return bad(format!("hidden_size ({}) must be a multiple of 32 (MXFP4 blocks)", self.hidden_size));
+            return bad(format!(
+                "hidden_size ({}) must be a multiple of 32 (MXFP4 blocks)",
+                self.hidden_size
+            ));
         }
         if self.intermediate_size % 32 != 0 {
-            return bad(format!("intermediate_size ({}) must be a multiple of 32 (MXFP4 blocks)", self.intermediate_size));
+            return bad(format!(
+                "intermediate_size ({}) must be a multiple of 32 (MXFP4 blocks)",
+                self.intermediate_size
+            ));
         }
         if self.head_dim % 2 != 0 {
-            return bad(format!("head_dim ({}) must be even (RoPE pairs halves)", self.head_dim));
+            return bad(format!(
+                "head_dim ({}) must be even (RoPE pairs halves)",
+                self.head_dim
+            ));
         }
         if self.num_experts_per_tok > self.num_local_experts {
             return bad(format!(
@@ -250,8 +298,15 @@ impl Config {
                 self.num_hidden_layers
             ));
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.swiglu_limit > 0.0) || !(self.rope_theta > 1.0) || !(self.rope_factor >= 1.0) {
-            return bad("rms_norm_eps, swiglu_limit must be > 0, rope_theta > 1 and rope factor >= 1".into());
+        if !(self.rms_norm_eps > 0.0)
+            || !(self.swiglu_limit > 0.0)
+            || !(self.rope_theta > 1.0)
+            || !(self.rope_factor >= 1.0)
+        {
+            return bad(
+                "rms_norm_eps, swiglu_limit must be > 0, rope_theta > 1 and rope factor >= 1"
+                    .into(),
+            );
         }
         Ok(())
     }

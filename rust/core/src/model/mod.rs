@@ -7,8 +7,8 @@ pub mod rope;
 pub mod weights;
 
 use crate::cpu::Isa;
-use crate::kernels::Precision;
 use crate::error::{Error, Result};
+use crate::kernels::Precision;
 use crate::runtime::KvCache;
 use checkpoint::Checkpoint;
 use config::Config;
@@ -44,11 +44,17 @@ impl Model {
     /// Reads only the headers and the small 1-D tensors; the matrices stay mapped.
     pub fn load(dir: &Path, opts: LoadOptions) -> Result<Model> {
         if !dir.is_dir() {
-            return Err(Error::Checkpoint(format!("{}: not a folder", dir.display())));
+            return Err(Error::Checkpoint(format!(
+                "{}: not a folder",
+                dir.display()
+            )));
         }
         let cfg_path = dir.join("config.json");
         if !cfg_path.is_file() {
-            return Err(Error::Checkpoint(format!("{}: missing config.json", dir.display())));
+            return Err(Error::Checkpoint(format!(
+                "{}: missing config.json",
+                dir.display()
+            )));
         }
         let config = Config::from_file(&cfg_path)?;
         let ckpt = Checkpoint::open_dir(dir)?;
@@ -61,10 +67,23 @@ impl Model {
             )));
         }
         let rope = Rope::new(&config);
-        Ok(Model { dir: dir.to_path_buf(), config, ckpt, weights, rope, isa: opts.isa, precision: opts.precision, max_context })
+        Ok(Model {
+            dir: dir.to_path_buf(),
+            config,
+            ckpt,
+            weights,
+            rope,
+            isa: opts.isa,
+            precision: opts.precision,
+            max_context,
+        })
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.num_hidden_layers, self.config.kv_dim(), self.max_context)
+        KvCache::new(
+            self.config.num_hidden_layers,
+            self.config.kv_dim(),
+            self.max_context,
+        )
     }
 }

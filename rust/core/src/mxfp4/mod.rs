@@ -49,7 +49,11 @@ pub static E8M0: [f32; 256] = {
 pub fn dequantize(blocks: &[u8], scales: &[u8], out: &mut [f32]) {
     assert_eq!(blocks.len(), scales.len() * BLOCK_BYTES);
     assert_eq!(out.len(), scales.len() * BLOCK);
-    for ((blk, &s), o) in blocks.chunks_exact(BLOCK_BYTES).zip(scales).zip(out.chunks_exact_mut(BLOCK)) {
+    for ((blk, &s), o) in blocks
+        .chunks_exact(BLOCK_BYTES)
+        .zip(scales)
+        .zip(out.chunks_exact_mut(BLOCK))
+    {
         let scale = E8M0[s as usize];
         for (j, &byte) in blk.iter().enumerate() {
             o[2 * j] = E2M1[(byte & 0x0f) as usize] * scale;

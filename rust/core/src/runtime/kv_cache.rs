@@ -30,9 +30,17 @@ pub struct KvCache {
 impl KvCache {
     pub fn new(num_layers: usize, kv_dim: usize, max_context: usize) -> KvCache {
         let layers = (0..num_layers)
-            .map(|_| LayerKv { k: Vec::with_capacity(max_context * kv_dim), v: Vec::with_capacity(max_context * kv_dim) })
+            .map(|_| LayerKv {
+                k: Vec::with_capacity(max_context * kv_dim),
+                v: Vec::with_capacity(max_context * kv_dim),
+            })
             .collect();
-        KvCache { layers, kv_dim, max_context, len: 0 }
+        KvCache {
+            layers,
+            kv_dim,
+            max_context,
+            len: 0,
+        }
     }
 
     /// Tokens cached.
@@ -69,7 +77,10 @@ impl KvCache {
     /// Keep the first `n` tokens (n <= len).
     pub fn truncate(&mut self, n: usize) -> Result<()> {
         if n > self.len {
-            return Err(Error::Value(format!("cannot truncate to {n} tokens: the cache holds {}", self.len)));
+            return Err(Error::Value(format!(
+                "cannot truncate to {n} tokens: the cache holds {}",
+                self.len
+            )));
         }
         for l in &mut self.layers {
             l.k.truncate(n * self.kv_dim);
