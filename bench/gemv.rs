@@ -33,9 +33,7 @@ fn fill(buf: &mut [u8], seed: u64, lo: u8, hi: u8) {
 
 /// Plain parallel read of every buffer.
 fn read_all(bufs: &[Vec<u8>]) -> u64 {
-    bufs.iter()
-        .map(|b| kernels::read_all(b))
-        .fold(0, |a, b| a.wrapping_add(b))
+    bufs.iter().map(|b| kernels::read_all(b)).fold(0, |a, b| a.wrapping_add(b))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -45,89 +43,34 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let get = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let get = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
     let reps: usize = get("--reps").and_then(|s| s.parse().ok()).unwrap_or(7);
-    let threads: Vec<usize> = get("--threads")
-        .map(|s| s.split(',').filter_map(|t| t.parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 2]);
+    let threads: Vec<usize> =
+        get("--threads").map(|s| s.split(',').filter_map(|t| t.parse().ok()).collect()).unwrap_or_else(|| vec![1, 2]);
     // --cache: one copy per case, so the weights stay in cache (the kernels' compute ceiling).
     let in_cache = args.iter().any(|a| a == "--cache");
     let (isa, why) = cpu::select(None).expect("kernel path");
     // --int8: the "int8" precision for the MXFP4 cases (activations quantized per block).
-    let precision = if args.iter().any(|a| a == "--int8") {
-        kernels::Precision::Int8
-    } else {
-        kernels::Precision::F32
-    };
-    println!(
-        "kernels: {} ({why}); precision {precision:?}; reps {reps}",
-        isa.name()
-    );
+    let precision = if args.iter().any(|a| a == "--int8") { kernels::Precision::Int8 } else { kernels::Precision::F32 };
+    println!("kernels: {} ({why}); precision {precision:?}; reps {reps}", isa.name());
 
     let cases = [
-        Case {
-            name: "mxfp4 gate_up 5760x2880",
-            mxfp4: true,
-            rows: 5760,
-            cols: 2880,
-            copies: 64,
-        },
-        Case {
-            name: "mxfp4 down    2880x2880",
-            mxfp4: true,
-            rows: 2880,
-            cols: 2880,
-            copies: 128,
-        },
-        Case {
-            name: "bf16  qkv     5120x2880",
-            mxfp4: false,
-            rows: 5120,
-            cols: 2880,
-            copies: 20,
-        },
-        Case {
-            name: "bf16  lm_head 201088x2880",
-            mxfp4: false,
-            rows: 201088,
-            cols: 2880,
-            copies: 1,
-        },
+        Case { name: "mxfp4 gate_up 5760x2880", mxfp4: true, rows: 5760, cols: 2880, copies: 64 },
+        Case { name: "mxfp4 down    2880x2880", mxfp4: true, rows: 2880, cols: 2880, copies: 128 },
+        Case { name: "bf16  qkv     5120x2880", mxfp4: false, rows: 5120, cols: 2880, copies: 20 },
+        Case { name: "bf16  lm_head 201088x2880", mxfp4: false, rows: 201088, cols: 2880, copies: 1 },
     ];
-    println!(
-        "{:<28} {:>3} {:>9} {:>9} {:>9} {:>6}",
-        "case", "thr", "MB/pass", "GB/s", "read GB/s", "ratio"
-    );
+    println!("{:<28} {:>3} {:>9} {:>9} {:>9} {:>6}", "case", "thr", "MB/pass", "GB/s", "read GB/s", "ratio");
     let l2_cases = [
-        Case {
-            name: "mxfp4 in L2   128x2880",
-            mxfp4: true,
-            rows: 128,
-            cols: 2880,
-            copies: 1,
-        },
-        Case {
-            name: "bf16  in L2   128x2880",
-            mxfp4: false,
-            rows: 128,
-            cols: 2880,
-            copies: 1,
-        },
+        Case { name: "mxfp4 in L2   128x2880", mxfp4: true, rows: 128, cols: 2880, copies: 1 },
+        Case { name: "bf16  in L2   128x2880", mxfp4: false, rows: 128, cols: 2880, copies: 1 },
     ];
     let cases: &[Case] = if in_cache { &l2_cases } else { &cases };
     for case in cases {
         // One buffer per copy: blocks+scales back to back for MXFP4, bf16 bits otherwise.
         let nb = case.cols / 32;
-        let (bytes_b, bytes_s) = if case.mxfp4 {
-            (case.rows * nb * 16, case.rows * nb)
-        } else {
-            (case.rows * case.cols * 2, 0)
-        };
+        let (bytes_b, bytes_s) =
+            if case.mxfp4 { (case.rows * nb * 16, case.rows * nb) } else { (case.rows * case.cols * 2, 0) };
         let copies = if in_cache { 1 } else { case.copies };
         let bufs: Vec<Vec<u8>> = (0..copies)
             .map(|i| {
@@ -156,16 +99,11 @@ fn main() {
             })
             .collect();
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        let x: Vec<f32> = (0..case.cols)
-            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
-            .collect();
+        let x: Vec<f32> = (0..case.cols).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
         let mut out = vec![0f32; case.rows];
         let mut scratch = kernels::Scratch::default();
         for &t in &threads {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build()
-                .unwrap();
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
             pool.install(|| {
                 // Warm up both (page faults, thread start).
                 black_box(read_all(&bufs));

@@ -31,15 +31,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_rounding() {
-        for &v in &[
-            0.0f32,
-            -0.0,
-            1.0,
-            -2.5,
-            3.140625,
-            f32::from_bits(0x0001_0000),
-            f32::INFINITY,
-        ] {
+        for &v in &[0.0f32, -0.0, 1.0, -2.5, 3.140625, f32::from_bits(0x0001_0000), f32::INFINITY] {
             let h = from_f32(v);
             let w = to_f32(h as u8, (h >> 8) as u8);
             assert_eq!(w.to_bits(), v.to_bits(), "{v}");

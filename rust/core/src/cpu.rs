@@ -34,9 +34,7 @@ impl Isa {
     }
 
     pub fn parse(s: &str) -> Option<Isa> {
-        Isa::ALL
-            .into_iter()
-            .find(|i| i.name() == s.trim().to_ascii_lowercase())
+        Isa::ALL.into_iter().find(|i| i.name() == s.trim().to_ascii_lowercase())
     }
 
     /// Whether this CPU can run the path.
@@ -87,10 +85,7 @@ pub fn features() -> Features {
     }
     #[cfg(target_arch = "aarch64")]
     {
-        Features {
-            neon: std::arch::is_aarch64_feature_detected!("neon"),
-            ..Default::default()
-        }
+        Features { neon: std::arch::is_aarch64_feature_detected!("neon"), ..Default::default() }
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
@@ -121,26 +116,17 @@ pub fn select(forced: Option<&str>) -> Result<(Isa, String)> {
     match req {
         None => {
             let isa = best();
-            Ok((
-                isa,
-                format!("{} is the best path this CPU supports", isa.name()),
-            ))
+            Ok((isa, format!("{} is the best path this CPU supports", isa.name())))
         }
         Some(s) => {
             let isa = Isa::parse(&s).ok_or_else(|| {
-                Error::Value(format!(
-                    "{source}={s:?} is not a kernel path; expected one of scalar, avx2, avx512, neon"
-                ))
+                Error::Value(format!("{source}={s:?} is not a kernel path; expected one of scalar, avx2, avx512, neon"))
             })?;
             if !isa.supported() {
                 return Err(Error::Other(format!(
                     "{source}={s:?}: this CPU does not support the {} path (available: {})",
                     isa.name(),
-                    Isa::available()
-                        .iter()
-                        .map(|i| i.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    Isa::available().iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
                 )));
             }
             let isa = if isa == Isa::Neon { Isa::Scalar } else { isa };

@@ -18,9 +18,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Checkpoint(m) | Error::ContextLength(m) | Error::Value(m) | Error::Other(m) => {
-                f.write_str(m)
-            }
+            Error::Checkpoint(m) | Error::ContextLength(m) | Error::Value(m) | Error::Other(m) => f.write_str(m),
         }
     }
 }

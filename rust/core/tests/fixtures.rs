@@ -11,9 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures").join(name)
 }
 
 struct Golden(Checkpoint);
@@ -30,49 +28,24 @@ impl Golden {
     fn i64(&self, key: &str) -> (Vec<i64>, Vec<usize>) {
         let t = self.0.get(key).unwrap();
         assert_eq!(t.dtype, Dtype::I64);
-        let v = self
-            .0
-            .bytes(t)
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-            .collect();
+        let v = self.0.bytes(t).chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
         (v, t.shape.clone())
     }
 }
 
 fn load(name: &str, isa: Isa) -> Arc<Model> {
     Arc::new(
-        Model::load(
-            &fixture(name),
-            LoadOptions {
-                max_context: Some(4096),
-                isa,
-                precision: Precision::F32,
-            },
-        )
-        .unwrap(),
+        Model::load(&fixture(name), LoadOptions { max_context: Some(4096), isa, precision: Precision::F32 }).unwrap(),
     )
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
-            if x > bv {
-                (i, x)
-            } else {
-                (bi, bv)
-            }
-        })
-        .0
+    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) }).0
 }
 
 fn paths() -> Vec<Isa> {
@@ -111,25 +84,15 @@ fn logits_hidden_states_and_routing_match_golden() {
         for isa in paths() {
             let m = load(name, isa);
             for b in 0..n {
-                let prompt: Vec<u32> = ids[b * t_len..(b + 1) * t_len]
-                    .iter()
-                    .map(|&v| v as u32)
-                    .collect();
+                let prompt: Vec<u32> = ids[b * t_len..(b + 1) * t_len].iter().map(|&v| v as u32).collect();
                 let mut s = Session::new(m.clone());
                 let logits = s.append(&prompt, Logits::All).unwrap();
                 for (i, &p) in pos.iter().enumerate() {
                     let got = &logits[p as usize * vocab..(p as usize + 1) * vocab];
                     let want = &gold[(b * pos.len() + i) * vocab..(b * pos.len() + i + 1) * vocab];
                     let d = max_abs_diff(got, want);
-                    assert!(
-                        d <= 1e-4,
-                        "{name} {isa:?} prompt {b} position {p}: max |dlogit| {d}"
-                    );
-                    assert_eq!(
-                        argmax(got),
-                        argmax(want),
-                        "{name} prompt {b} position {p}: argmax"
-                    );
+                    assert!(d <= 1e-4, "{name} {isa:?} prompt {b} position {p}: max |dlogit| {d}");
+                    assert_eq!(argmax(got), argmax(want), "{name} prompt {b} position {p}: argmax");
                 }
             }
             // Hidden states of prompt 0 after the embedding and each layer.
@@ -137,8 +100,7 @@ fn logits_hidden_states_and_routing_match_golden() {
             let prompt0: Vec<u32> = ids[..t_len].iter().map(|&v| v as u32).collect();
             let mut s = Session::new(m.clone());
             let mut hs = Vec::new();
-            s.append_with_hidden(&prompt0, Logits::None, &mut hs)
-                .unwrap();
+            s.append_with_hidden(&prompt0, Logits::None, &mut hs).unwrap();
             assert_eq!(hs.len(), hshape.iter().product::<usize>());
             let d = max_abs_diff(&hs, &hs_gold);
             assert!(d <= 1e-4, "{name} {isa:?} hidden states: {d}");
@@ -154,11 +116,7 @@ fn logits_hidden_states_and_routing_match_golden() {
             for t in 0..t_len {
                 route(&rl[t * ne..(t + 1) * ne], k, &mut order, &mut top);
                 let idx: Vec<i64> = top.iter().map(|p| p.0 as i64).collect();
-                assert_eq!(
-                    idx,
-                    top_gold[t * k..(t + 1) * k],
-                    "{name} token {t} router top-k"
-                );
+                assert_eq!(idx, top_gold[t * k..(t + 1) * k], "{name} token {t} router top-k");
                 let wts: Vec<f32> = top.iter().map(|p| p.1).collect();
                 assert!(max_abs_diff(&wts, &topw_gold[t * k..(t + 1) * k]) <= 1e-5);
             }

@@ -15,24 +15,9 @@ use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, OnceLock};
 
-create_exception!(
-    _core,
-    GptOssError,
-    PyException,
-    "Base of every error gptoss_native raises on purpose."
-);
-create_exception!(
-    _core,
-    CheckpointError,
-    GptOssError,
-    "A missing, truncated or malformed checkpoint."
-);
-create_exception!(
-    _core,
-    ContextLengthError,
-    GptOssError,
-    "More tokens than the KV cache holds."
-);
+create_exception!(_core, GptOssError, PyException, "Base of every error gptoss_native raises on purpose.");
+create_exception!(_core, CheckpointError, GptOssError, "A missing, truncated or malformed checkpoint.");
+create_exception!(_core, ContextLengthError, GptOssError, "More tokens than the KV cache holds.");
 
 mod model;
 
@@ -46,10 +31,7 @@ pub(crate) fn to_py(e: Error) -> PyErr {
 }
 
 /// Run `f` without the GIL, turning a panic into `GptOssError`.
-pub(crate) fn run_detached<T: Send>(
-    py: Python<'_>,
-    f: impl FnOnce() -> Result<T, Error> + Send,
-) -> PyResult<T> {
+pub(crate) fn run_detached<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T, Error> + Send) -> PyResult<T> {
     py.allow_threads(|| catch_unwind(AssertUnwindSafe(f)))
         .map_err(|p| {
             let msg = p
@@ -68,14 +50,9 @@ pub(crate) fn pool(threads: Option<usize>) -> PyResult<Arc<rayon::ThreadPool>> {
     let n = match threads {
         Some(0) => return Err(PyValueError::new_err("threads must be >= 1")),
         Some(n) => n,
-        None => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     };
-    let mut pools = POOLS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     if let Some(p) = pools.get(&n) {
         return Ok(p.clone());
     }
@@ -98,18 +75,12 @@ pub(crate) fn parse_precision(p: &str) -> PyResult<kernels::Precision> {
         "f32" => Ok(kernels::Precision::F32),
         "int8" => Ok(kernels::Precision::Int8),
         "int16" => Ok(kernels::Precision::Int16),
-        _ => Err(PyValueError::new_err(format!(
-            "precision must be \"f32\", \"int16\" or \"int8\", got {p:?}"
-        ))),
+        _ => Err(PyValueError::new_err(format!("precision must be \"f32\", \"int16\" or \"int8\", got {p:?}"))),
     }
 }
 
-fn contiguous<'a, T: numpy::Element>(
-    a: &'a PyReadonlyArrayDyn<'_, T>,
-    name: &str,
-) -> PyResult<&'a [T]> {
-    a.as_slice()
-        .map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous")))
+fn contiguous<'a, T: numpy::Element>(a: &'a PyReadonlyArrayDyn<'_, T>, name: &str) -> PyResult<&'a [T]> {
+    a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous")))
 }
 
 /// Dequantize MXFP4: blocks uint8 [..., G, 16], scales uint8 [..., G] -> float32 [..., G*32].
@@ -121,9 +92,7 @@ fn mxfp4_dequantize<'py>(
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     let (bs, ss) = (blocks.shape().to_vec(), scales.shape().to_vec());
     if bs.is_empty() || bs[bs.len() - 1] != 16 {
-        return Err(PyValueError::new_err(format!(
-            "blocks must have last dimension 16, got shape {bs:?}"
-        )));
+        return Err(PyValueError::new_err(format!("blocks must have last dimension 16, got shape {bs:?}")));
     }
     if bs[..bs.len() - 1] != ss[..] {
         return Err(PyValueError::new_err(format!(
@@ -131,10 +100,7 @@ fn mxfp4_dequantize<'py>(
             &bs[..bs.len() - 1]
         )));
     }
-    let (b, s) = (
-        contiguous(&blocks, "blocks")?,
-        contiguous(&scales, "scales")?,
-    );
+    let (b, s) = (contiguous(&blocks, "blocks")?, contiguous(&scales, "scales")?);
     let out = run_detached(py, || {
         let mut out = vec![0f32; s.len() * mxfp4::BLOCK];
         mxfp4::dequantize(b, s, &mut out);
@@ -157,13 +123,9 @@ fn mxfp4_quantize<'py>(
     values: PyReadonlyArrayDyn<'py, f32>,
 ) -> PyResult<(Bound<'py, PyArrayDyn<u8>>, Bound<'py, PyArrayDyn<u8>>)> {
     let shape = values.shape().to_vec();
-    let n = *shape
-        .last()
-        .ok_or_else(|| PyValueError::new_err("values must have at least one dimension"))?;
+    let n = *shape.last().ok_or_else(|| PyValueError::new_err("values must have at least one dimension"))?;
     if n % mxfp4::BLOCK != 0 {
-        return Err(PyValueError::new_err(format!(
-            "last dimension {n} is not a multiple of 32"
-        )));
+        return Err(PyValueError::new_err(format!("last dimension {n} is not a multiple of 32")));
     }
     let v = contiguous(&values, "values")?;
     let (b, s) = run_detached(py, || {
@@ -176,10 +138,7 @@ fn mxfp4_quantize<'py>(
     *sshape.last_mut().unwrap() = n / mxfp4::BLOCK;
     let mut bshape = sshape.clone();
     bshape.push(16);
-    Ok((
-        b.into_pyarray(py).reshape(bshape)?,
-        s.into_pyarray(py).reshape(sshape)?,
-    ))
+    Ok((b.into_pyarray(py).reshape(bshape)?, s.into_pyarray(py).reshape(sshape)?))
 }
 
 fn matmul_common<'py, 'w>(
@@ -195,19 +154,14 @@ fn matmul_common<'py, 'w>(
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     let xs = x.shape();
     if xs.len() != 2 || xs[1] != n {
-        return Err(PyValueError::new_err(format!(
-            "x must be [m, {n}] to match the weight, got shape {xs:?}"
-        )));
+        return Err(PyValueError::new_err(format!("x must be [m, {n}] to match the weight, got shape {xs:?}")));
     }
     let m = xs[0];
     let xd = contiguous(x, "x")?;
     let bd = match bias {
         Some(b) => {
             if b.shape() != [rows] {
-                return Err(PyValueError::new_err(format!(
-                    "bias must be [{rows}], got shape {:?}",
-                    b.shape()
-                )));
+                return Err(PyValueError::new_err(format!("bias must be [{rows}], got shape {:?}", b.shape())));
             }
             Some(contiguous(b, "bias")?)
         }
@@ -218,18 +172,7 @@ fn matmul_common<'py, 'w>(
     let out = run_detached(py, move || {
         let w = make();
         let mut out = vec![0f32; m * rows];
-        pool.install(|| {
-            kernels::matmul(
-                isa,
-                precision,
-                xd,
-                m,
-                &w,
-                bd,
-                &mut out,
-                &mut kernels::Scratch::default(),
-            )
-        });
+        pool.install(|| kernels::matmul(isa, precision, xd, m, &w, bd, &mut out, &mut kernels::Scratch::default()));
         Ok(out)
     })?;
     Ok(out.into_pyarray(py).reshape(vec![m, rows])?)
@@ -252,32 +195,14 @@ fn mxfp4_matmul<'py>(
     let precision = parse_precision(precision)?;
     let (bs, ss) = (blocks.shape().to_vec(), scales.shape().to_vec());
     if bs.len() != 3 || bs[2] != 16 {
-        return Err(PyValueError::new_err(format!(
-            "blocks must be [out, n/32, 16], got shape {bs:?}"
-        )));
+        return Err(PyValueError::new_err(format!("blocks must be [out, n/32, 16], got shape {bs:?}")));
     }
     if ss != bs[..2] {
-        return Err(PyValueError::new_err(format!(
-            "scales must be [{}, {}], got shape {ss:?}",
-            bs[0], bs[1]
-        )));
+        return Err(PyValueError::new_err(format!("scales must be [{}, {}], got shape {ss:?}", bs[0], bs[1])));
     }
     let (rows, n) = (bs[0], bs[1] * mxfp4::BLOCK);
-    let (b, s) = (
-        contiguous(&blocks, "blocks")?,
-        contiguous(&scales, "scales")?,
-    );
-    matmul_common(
-        py,
-        &x,
-        n,
-        rows,
-        &bias,
-        threads,
-        kernels,
-        precision,
-        move || Weight::mxfp4(b, s, rows, n),
-    )
+    let (b, s) = (contiguous(&blocks, "blocks")?, contiguous(&scales, "scales")?);
+    matmul_common(py, &x, n, rows, &bias, threads, kernels, precision, move || Weight::mxfp4(b, s, rows, n))
 }
 
 /// y[m, out] = x[m, n] @ W[out, n]^T + bias, W in bf16 given as its uint16 bit patterns.
@@ -293,43 +218,26 @@ fn bf16_matmul<'py>(
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     let ws = weight.shape().to_vec();
     if ws.len() != 2 {
-        return Err(PyValueError::new_err(format!(
-            "weight must be [out, n], got shape {ws:?}"
-        )));
+        return Err(PyValueError::new_err(format!("weight must be [out, n], got shape {ws:?}")));
     }
     let w = contiguous(&weight, "weight")?;
     // bf16 bit patterns as little-endian bytes (numpy's native order on every supported host).
     if cfg!(target_endian = "big") {
-        return Err(PyTypeError::new_err(
-            "bf16 weights need a little-endian host",
-        ));
+        return Err(PyTypeError::new_err("bf16 weights need a little-endian host"));
     }
     // SAFETY: reinterpreting u16 as two bytes each; lifetime tied to `weight`.
     let bytes: &[u8] = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u8, w.len() * 2) };
     let (rows, n) = (ws[0], ws[1]);
-    matmul_common(
-        py,
-        &x,
-        n,
-        rows,
-        &bias,
-        threads,
-        kernels,
-        kernels::Precision::F32,
-        move || Weight::bf16(bytes, rows, n),
-    )
+    matmul_common(py, &x, n, rows, &bias, threads, kernels, kernels::Precision::F32, move || {
+        Weight::bf16(bytes, rows, n)
+    })
 }
 
 /// Plain memory-read bandwidth in GB/s: the median of `reps` parallel reads of a fresh
 /// `mbytes` MB buffer (the baseline benchmarks compare with).
 #[pyfunction]
 #[pyo3(signature = (mbytes=1024, threads=None, reps=5))]
-fn read_bandwidth(
-    py: Python<'_>,
-    mbytes: usize,
-    threads: Option<usize>,
-    reps: usize,
-) -> PyResult<f64> {
+fn read_bandwidth(py: Python<'_>, mbytes: usize, threads: Option<usize>, reps: usize) -> PyResult<f64> {
     let pool = pool(threads)?;
     run_detached(py, move || {
         let buf: Vec<u8> = (0..mbytes << 20).map(|i| i as u8).collect();
@@ -360,13 +268,7 @@ fn cpu_features(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
             d.set_item("reason", e.to_string())?;
         }
     }
-    d.set_item(
-        "available",
-        Isa::available()
-            .iter()
-            .map(|i| i.name())
-            .collect::<Vec<_>>(),
-    )?;
+    d.set_item("available", Isa::available().iter().map(|i| i.name()).collect::<Vec<_>>())?;
     d.set_item("arch", std::env::consts::ARCH)?;
     for (k, v) in [
         ("avx2", f.avx2),
@@ -381,12 +283,7 @@ fn cpu_features(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     ] {
         d.set_item(k, v)?;
     }
-    d.set_item(
-        "threads",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-    )?;
+    d.set_item("threads", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))?;
     Ok(d)
 }
 

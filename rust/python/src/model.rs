@@ -11,10 +11,7 @@ use std::sync::Arc;
 
 fn ids_u32(ids: Vec<i64>) -> PyResult<Vec<u32>> {
     ids.into_iter()
-        .map(|v| {
-            u32::try_from(v)
-                .map_err(|_| PyValueError::new_err(format!("token id {v} is out of range")))
-        })
+        .map(|v| u32::try_from(v).map_err(|_| PyValueError::new_err(format!("token id {v} is out of range"))))
         .collect()
 }
 
@@ -23,9 +20,7 @@ fn logits_mode(s: Option<&str>) -> PyResult<Logits> {
         None | Some("none") => Ok(Logits::None),
         Some("last") => Ok(Logits::Last),
         Some("all") => Ok(Logits::All),
-        Some(o) => Err(PyValueError::new_err(format!(
-            "logits must be \"last\", \"all\" or None, got {o:?}"
-        ))),
+        Some(o) => Err(PyValueError::new_err(format!("logits must be \"last\", \"all\" or None, got {o:?}"))),
     }
 }
 
@@ -65,37 +60,20 @@ impl PyModel {
 
     #[getter]
     fn files(&self) -> Vec<String> {
-        self.inner
-            .ckpt
-            .files
-            .iter()
-            .map(|f| f.path.display().to_string())
-            .collect()
+        self.inner.ckpt.files.iter().map(|f| f.path.display().to_string()).collect()
     }
 
     /// Logits of every position of `ids` on a fresh context: float32 [len, vocab].
-    fn forward<'py>(
-        &self,
-        py: Python<'py>,
-        ids: Vec<i64>,
-    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    fn forward<'py>(&self, py: Python<'py>, ids: Vec<i64>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let ids = ids_u32(ids)?;
         let (model, pool) = (self.inner.clone(), self.pool.clone());
         let n = ids.len();
-        let out = run_detached(py, move || {
-            pool.install(|| Session::new(model).append(&ids, Logits::All))
-        })?;
-        Ok(out
-            .into_pyarray(py)
-            .reshape(vec![n, self.inner.config.vocab_size])?)
+        let out = run_detached(py, move || pool.install(|| Session::new(model).append(&ids, Logits::All)))?;
+        Ok(out.into_pyarray(py).reshape(vec![n, self.inner.config.vocab_size])?)
     }
 
     /// Residual stream after the embedding and after each layer: float32 [layers+1, len, hidden].
-    fn hidden_states<'py>(
-        &self,
-        py: Python<'py>,
-        ids: Vec<i64>,
-    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    fn hidden_states<'py>(&self, py: Python<'py>, ids: Vec<i64>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let ids = ids_u32(ids)?;
         let (model, pool) = (self.inner.clone(), self.pool.clone());
         let n = ids.len();
@@ -107,25 +85,17 @@ impl PyModel {
             })
         })?;
         let c = &self.inner.config;
-        Ok(out
-            .into_pyarray(py)
-            .reshape(vec![c.num_hidden_layers + 1, n, c.hidden_size])?)
+        Ok(out.into_pyarray(py).reshape(vec![c.num_hidden_layers + 1, n, c.hidden_size])?)
     }
 
     /// Every layer's router logits: float32 [layers, len, experts].
-    fn router_logits<'py>(
-        &self,
-        py: Python<'py>,
-        ids: Vec<i64>,
-    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    fn router_logits<'py>(&self, py: Python<'py>, ids: Vec<i64>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let ids = ids_u32(ids)?;
         let (model, pool) = (self.inner.clone(), self.pool.clone());
         let n = ids.len();
         let out = run_detached(py, move || pool.install(|| model.router_logits(&ids)))?;
         let c = &self.inner.config;
-        Ok(out
-            .into_pyarray(py)
-            .reshape(vec![c.num_hidden_layers, n, c.num_local_experts])?)
+        Ok(out.into_pyarray(py).reshape(vec![c.num_hidden_layers, n, c.num_local_experts])?)
     }
 
     /// Advance each session by one token in one batched pass: float32 [len(sessions), vocab].
@@ -137,31 +107,19 @@ impl PyModel {
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let ids = ids_u32(ids)?;
         let mut sessions = sessions;
-        if sessions
-            .iter()
-            .any(|s| !Arc::ptr_eq(&s.inner.model, &self.inner))
-        {
-            return Err(PyValueError::new_err(
-                "every session must come from this model",
-            ));
+        if sessions.iter().any(|s| !Arc::ptr_eq(&s.inner.model, &self.inner)) {
+            return Err(PyValueError::new_err("every session must come from this model"));
         }
         let n = sessions.len();
         let pool = self.pool.clone();
         let mut refs: Vec<&mut Session> = sessions.iter_mut().map(|s| &mut s.inner).collect();
-        let out = run_detached(py, move || {
-            pool.install(|| Session::step_batch(&mut refs, &ids))
-        })?;
-        Ok(out
-            .into_pyarray(py)
-            .reshape(vec![n, self.inner.config.vocab_size])?)
+        let out = run_detached(py, move || pool.install(|| Session::step_batch(&mut refs, &ids)))?;
+        Ok(out.into_pyarray(py).reshape(vec![n, self.inner.config.vocab_size])?)
     }
 
     /// A new session with its own KV cache.
     fn session(&self) -> PySession {
-        PySession {
-            inner: Session::new(self.inner.clone()),
-            pool: self.pool.clone(),
-        }
+        PySession { inner: Session::new(self.inner.clone()), pool: self.pool.clone() }
     }
 }
 
@@ -199,8 +157,7 @@ impl PySession {
 
     /// Keep the first `n` tokens (any n <= len).
     fn truncate(&mut self, n: i64) -> PyResult<()> {
-        let n = usize::try_from(n)
-            .map_err(|_| PyValueError::new_err(format!("n must be >= 0, got {n}")))?;
+        let n = usize::try_from(n).map_err(|_| PyValueError::new_err(format!("n must be >= 0, got {n}")))?;
         self.inner.truncate(n).map_err(crate::to_py)
     }
 
@@ -238,28 +195,14 @@ fn load_model(
     let isa = select_isa(kernels)?;
     let precision = crate::parse_precision(precision)?;
     let pool = pool(threads)?;
-    let model = run_detached(py, move || {
-        Model::load(
-            &path,
-            LoadOptions {
-                max_context,
-                isa,
-                precision,
-            },
-        )
-    })?;
-    Ok(PyModel {
-        inner: Arc::new(model),
-        pool,
-    })
+    let model = run_detached(py, move || Model::load(&path, LoadOptions { max_context, isa, precision }))?;
+    Ok(PyModel { inner: Arc::new(model), pool })
 }
 
 /// Validate a config.json text (either layout); returns the Hugging Face-style JSON.
 #[pyfunction]
 fn parse_config(text: &str, file: &str) -> PyResult<String> {
-    gptoss_core::model::config::Config::from_json(text, file)
-        .map(|c| c.to_hf_json().to_string())
-        .map_err(crate::to_py)
+    gptoss_core::model::config::Config::from_json(text, file).map(|c| c.to_hf_json().to_string()).map_err(crate::to_py)
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

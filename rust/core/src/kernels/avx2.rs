@@ -23,10 +23,7 @@ unsafe fn decode8(v: __m256i, mags: __m256, sign: __m256i) -> (__m256, __m256) {
     let lo_sign = _mm256_and_si256(_mm256_slli_epi32::<28>(v), sign);
     let hi_mag = _mm256_permutevar8x32_ps(mags, _mm256_srli_epi32::<4>(v));
     let hi_sign = _mm256_and_si256(_mm256_slli_epi32::<24>(v), sign);
-    (
-        _mm256_xor_ps(lo_mag, _mm256_castsi256_ps(lo_sign)),
-        _mm256_xor_ps(hi_mag, _mm256_castsi256_ps(hi_sign)),
-    )
+    (_mm256_xor_ps(lo_mag, _mm256_castsi256_ps(lo_sign)), _mm256_xor_ps(hi_mag, _mm256_castsi256_ps(hi_sign)))
 }
 
 /// Four MXFP4 rows against one split-layout activation row `xp`.
@@ -238,10 +235,7 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool>(
                 );
                 let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xq), ones);
                 // Exact integer block sum first: the +12 offset cancels only in integers.
-                let s4 = _mm_add_epi32(
-                    _mm256_castsi256_si128(p32),
-                    _mm256_extracti128_si256::<1>(p32),
-                );
+                let s4 = _mm_add_epi32(_mm256_castsi256_si128(p32), _mm256_extracti128_si256::<1>(p32));
                 let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
                 let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b10_11_00_01>(s4));
                 _mm_cvtsi128_si32(s4) - corr

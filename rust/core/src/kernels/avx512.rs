@@ -96,40 +96,13 @@ pub unsafe fn mxfp4_dot4(xp: &[f32], blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> 
             let v = _mm512_loadu_si512(bp as *const __m512i);
             let plane = |v: __m512i| _mm512_permutexvar_ps(v, table);
             let mut t0 = _mm512_mul_ps(plane(v), _mm512_loadu_ps(xg));
-            let mut t1 = _mm512_mul_ps(
-                plane(_mm512_srli_epi32::<4>(v)),
-                _mm512_loadu_ps(xg.add(16)),
-            );
-            t0 = _mm512_fmadd_ps(
-                plane(_mm512_srli_epi32::<8>(v)),
-                _mm512_loadu_ps(xg.add(32)),
-                t0,
-            );
-            t1 = _mm512_fmadd_ps(
-                plane(_mm512_srli_epi32::<12>(v)),
-                _mm512_loadu_ps(xg.add(48)),
-                t1,
-            );
-            t0 = _mm512_fmadd_ps(
-                plane(_mm512_srli_epi32::<16>(v)),
-                _mm512_loadu_ps(xg.add(64)),
-                t0,
-            );
-            t1 = _mm512_fmadd_ps(
-                plane(_mm512_srli_epi32::<20>(v)),
-                _mm512_loadu_ps(xg.add(80)),
-                t1,
-            );
-            t0 = _mm512_fmadd_ps(
-                plane(_mm512_srli_epi32::<24>(v)),
-                _mm512_loadu_ps(xg.add(96)),
-                t0,
-            );
-            t1 = _mm512_fmadd_ps(
-                plane(_mm512_srli_epi32::<28>(v)),
-                _mm512_loadu_ps(xg.add(112)),
-                t1,
-            );
+            let mut t1 = _mm512_mul_ps(plane(_mm512_srli_epi32::<4>(v)), _mm512_loadu_ps(xg.add(16)));
+            t0 = _mm512_fmadd_ps(plane(_mm512_srli_epi32::<8>(v)), _mm512_loadu_ps(xg.add(32)), t0);
+            t1 = _mm512_fmadd_ps(plane(_mm512_srli_epi32::<12>(v)), _mm512_loadu_ps(xg.add(48)), t1);
+            t0 = _mm512_fmadd_ps(plane(_mm512_srli_epi32::<16>(v)), _mm512_loadu_ps(xg.add(64)), t0);
+            t1 = _mm512_fmadd_ps(plane(_mm512_srli_epi32::<20>(v)), _mm512_loadu_ps(xg.add(80)), t1);
+            t0 = _mm512_fmadd_ps(plane(_mm512_srli_epi32::<24>(v)), _mm512_loadu_ps(xg.add(96)), t0);
+            t1 = _mm512_fmadd_ps(plane(_mm512_srli_epi32::<28>(v)), _mm512_loadu_ps(xg.add(112)), t1);
             a = _mm512_fmadd_ps(_mm512_add_ps(t0, t1), group_scales(sp.add(g * 4)), a);
         }
         acc[r] = a;
@@ -139,9 +112,7 @@ pub unsafe fn mxfp4_dot4(xp: &[f32], blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> 
         let xe = _mm512_loadu_ps(xptr.add(b * BLOCK));
         let xo = _mm512_loadu_ps(xptr.add(b * BLOCK + 16));
         for r in 0..4 {
-            let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(
-                blocks[r].as_ptr().add(b * BLOCK_BYTES) as *const __m128i
-            ));
+            let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(blocks[r].as_ptr().add(b * BLOCK_BYTES) as *const __m128i));
             let lo = _mm512_permutexvar_ps(v, table);
             let hi = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), table);
             let t = _mm512_fmadd_ps(hi, xo, _mm512_mul_ps(lo, xe));
@@ -168,44 +139,18 @@ pub unsafe fn mxfp4_decode(blocks: &[u8], scales: &[u8], out: &mut [f32]) {
         let s = group_scales(scales.as_ptr().add(g * 4));
         let og = o.add(g * PLANE_GROUP);
         _mm512_storeu_ps(og, _mm512_mul_ps(_mm512_permutexvar_ps(v, table), s));
-        _mm512_storeu_ps(
-            og.add(16),
-            _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), table), s),
-        );
-        _mm512_storeu_ps(
-            og.add(32),
-            _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<8>(v), table), s),
-        );
-        _mm512_storeu_ps(
-            og.add(48),
-            _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<12>(v), table), s),
-        );
-        _mm512_storeu_ps(
-            og.add(64),
-            _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<16>(v), table), s),
-        );
-        _mm512_storeu_ps(
-            og.add(80),
-            _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<20>(v), table), s),
-        );
-        _mm512_storeu_ps(
-            og.add(96),
-            _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<24>(v), table), s),
-        );
-        _mm512_storeu_ps(
-            og.add(112),
-            _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<28>(v), table), s),
-        );
+        _mm512_storeu_ps(og.add(16), _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), table), s));
+        _mm512_storeu_ps(og.add(32), _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<8>(v), table), s));
+        _mm512_storeu_ps(og.add(48), _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<12>(v), table), s));
+        _mm512_storeu_ps(og.add(64), _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<16>(v), table), s));
+        _mm512_storeu_ps(og.add(80), _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<20>(v), table), s));
+        _mm512_storeu_ps(og.add(96), _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<24>(v), table), s));
+        _mm512_storeu_ps(og.add(112), _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<28>(v), table), s));
     }
     for b in groups * 4..nb {
-        let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(
-            blocks.as_ptr().add(b * BLOCK_BYTES) as *const __m128i
-        ));
+        let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(blocks.as_ptr().add(b * BLOCK_BYTES) as *const __m128i));
         let sc = _mm512_set1_ps(E8M0[scales[b] as usize]);
-        _mm512_storeu_ps(
-            o.add(b * BLOCK),
-            _mm512_mul_ps(_mm512_permutexvar_ps(v, table), sc),
-        );
+        _mm512_storeu_ps(o.add(b * BLOCK), _mm512_mul_ps(_mm512_permutexvar_ps(v, table), sc));
         _mm512_storeu_ps(
             o.add(b * BLOCK + 16),
             _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<4>(v), table), sc),
@@ -218,10 +163,7 @@ pub unsafe fn mxfp4_decode(blocks: &[u8], scales: &[u8], out: &mut [f32]) {
 unsafe fn widen32(p: *const u8) -> (__m512, __m512) {
     let w = _mm512_loadu_si512(p as *const __m512i);
     let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w));
-    let odd = _mm512_castsi512_ps(_mm512_and_si512(
-        w,
-        _mm512_set1_epi32(0xffff_0000u32 as i32),
-    ));
+    let odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(0xffff_0000u32 as i32)));
     (even, odd)
 }
 
@@ -308,11 +250,7 @@ pub unsafe fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4
         let mut acc = [[_mm512_setzero_ps(); 4]; 4];
         let end = (k + 256).min(n);
         while k < end {
-            let m: __mmask16 = if k + 16 <= n {
-                0xffff
-            } else {
-                ((1u32 << (n - k)) - 1) as u16
-            };
+            let m: __mmask16 = if k + 16 <= n { 0xffff } else { ((1u32 << (n - k)) - 1) as u16 };
             let xv = [
                 _mm512_maskz_loadu_ps(m, x[0].as_ptr().add(k)),
                 _mm512_maskz_loadu_ps(m, x[1].as_ptr().add(k)),
@@ -391,11 +329,7 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool>(
             };
             let mut f = limb(qp, x.lane_neg_corr.as_ptr());
             if TWO {
-                f = _mm512_fmadd_ps(
-                    limb(x.q2.as_ptr(), x.lane_neg_corr2.as_ptr()),
-                    _mm512_set1_ps(LIMB2),
-                    f,
-                );
+                f = _mm512_fmadd_ps(limb(x.q2.as_ptr(), x.lane_neg_corr2.as_ptr()), _mm512_set1_ps(LIMB2), f);
             }
             let hd = _mm512_loadu_ps(x.lane_half_d.as_ptr().add(g * 16));
             acc = _mm512_fmadd_ps(_mm512_mul_ps(f, hd), group_scales(sp.add(g * 4)), acc);

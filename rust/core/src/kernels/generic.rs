@@ -11,11 +11,7 @@ pub fn mxfp4_dot4(x: &[f32], blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> [f32; 4]
     let mut out = [0f32; 4];
     for r in 0..4 {
         let mut acc = 0f32;
-        for (g, (blk, &s)) in blocks[r]
-            .chunks_exact(BLOCK_BYTES)
-            .zip(scales[r])
-            .enumerate()
-        {
+        for (g, (blk, &s)) in blocks[r].chunks_exact(BLOCK_BYTES).zip(scales[r]).enumerate() {
             let xb = &x[g * BLOCK..(g + 1) * BLOCK];
             let mut t = 0f32;
             for (j, &byte) in blk.iter().enumerate() {
@@ -72,20 +68,12 @@ pub fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4] {
 /// "int8" (`TWO` = false) and "int16" (`TWO`: a second int8 limb) precisions: four
 /// MXFP4 rows against one quantized activation row (natural order). Exact integer sums
 /// per block and limb, then scaled by d/2 and the E8M0 scale.
-pub fn mxfp4_dot4_int8<const TWO: bool>(
-    x: &super::quant::QRow,
-    blocks: [&[u8]; 4],
-    scales: [&[u8]; 4],
-) -> [f32; 4] {
+pub fn mxfp4_dot4_int8<const TWO: bool>(x: &super::quant::QRow, blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> [f32; 4] {
     use super::quant::{LIMB2, W2};
     let mut out = [0f32; 4];
     for r in 0..4 {
         let mut acc = 0f32;
-        for (b, (blk, &s)) in blocks[r]
-            .chunks_exact(BLOCK_BYTES)
-            .zip(scales[r])
-            .enumerate()
-        {
+        for (b, (blk, &s)) in blocks[r].chunks_exact(BLOCK_BYTES).zip(scales[r]).enumerate() {
             let dot = |q: &[i8]| -> i32 {
                 let q = &q[b * BLOCK..(b + 1) * BLOCK];
                 blk.iter()

@@ -27,10 +27,7 @@ pub fn reorder(layout: XLayout, x: &[f32], out: &mut [f32]) {
         XLayout::Split => split(x, out),
         XLayout::Planes => {
             let full = x.len() / PLANE_GROUP * PLANE_GROUP;
-            for (xg, og) in x[..full]
-                .chunks_exact(PLANE_GROUP)
-                .zip(out[..full].chunks_exact_mut(PLANE_GROUP))
-            {
+            for (xg, og) in x[..full].chunks_exact(PLANE_GROUP).zip(out[..full].chunks_exact_mut(PLANE_GROUP)) {
                 for k in 0..8 {
                     for j in 0..16 {
                         og[k * 16 + j] = xg[8 * j + k];
@@ -44,10 +41,7 @@ pub fn reorder(layout: XLayout, x: &[f32], out: &mut [f32]) {
 
 fn split(x: &[f32], out: &mut [f32]) {
     let full = x.len() / 32 * 32;
-    for (xb, ob) in x[..full]
-        .chunks_exact(32)
-        .zip(out[..full].chunks_exact_mut(32))
-    {
+    for (xb, ob) in x[..full].chunks_exact(32).zip(out[..full].chunks_exact_mut(32)) {
         for j in 0..16 {
             ob[j] = xb[2 * j];
             ob[16 + j] = xb[2 * j + 1];

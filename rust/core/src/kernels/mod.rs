@@ -50,18 +50,9 @@ pub const GEMM_MIN_ROWS: usize = 4;
 #[derive(Clone, Copy, Debug)]
 pub enum Weight<'a> {
     /// MXFP4: `blocks` [rows, cols/32, 16], `scales` [rows, cols/32].
-    Mxfp4 {
-        blocks: &'a [u8],
-        scales: &'a [u8],
-        rows: usize,
-        cols: usize,
-    },
+    Mxfp4 { blocks: &'a [u8], scales: &'a [u8], rows: usize, cols: usize },
     /// bf16, little-endian, row-major [rows, cols].
-    Bf16 {
-        data: &'a [u8],
-        rows: usize,
-        cols: usize,
-    },
+    Bf16 { data: &'a [u8], rows: usize, cols: usize },
 }
 
 impl<'a> Weight<'a> {
@@ -70,12 +61,7 @@ impl<'a> Weight<'a> {
         assert!(cols % BLOCK == 0, "mxfp4 cols {cols} not a multiple of 32");
         assert_eq!(blocks.len(), rows * cols / 2, "mxfp4 blocks length");
         assert_eq!(scales.len(), rows * cols / BLOCK, "mxfp4 scales length");
-        Weight::Mxfp4 {
-            blocks,
-            scales,
-            rows,
-            cols,
-        }
+        Weight::Mxfp4 { blocks, scales, rows, cols }
     }
 
     pub fn bf16(data: &'a [u8], rows: usize, cols: usize) -> Weight<'a> {
@@ -106,12 +92,7 @@ impl<'a> Weight<'a> {
     /// Rows `r0..r1` as a weight of their own.
     pub fn slice_rows(&self, r0: usize, r1: usize) -> Weight<'a> {
         match *self {
-            Weight::Mxfp4 {
-                blocks,
-                scales,
-                cols,
-                ..
-            } => {
+            Weight::Mxfp4 { blocks, scales, cols, .. } => {
                 let nb = cols / BLOCK;
                 Weight::Mxfp4 {
                     blocks: &blocks[r0 * nb * BLOCK_BYTES..r1 * nb * BLOCK_BYTES],
@@ -120,12 +101,23 @@ impl<'a> Weight<'a> {
                     cols,
                 }
             }
-            Weight::Bf16 { data, cols, .. } => Weight::Bf16 {
-                data: &data[r0 * cols * 2..r1 * cols * 2],
-                rows: r1 - r0,
-                cols,
-            },
+            Weight::Bf16 { data, cols, .. } => {
+                Weight::Bf16 { data: &data[r0 * cols * 2..r1 * cols * 2], rows: r1 - r0, cols }
+            }
         }
+    }
+
+    /// Row `r` of an MXFP4 weight: (code bytes, scale bytes).
+    fn mxfp4_row(&self, r: usize) -> (&'a [u8], &'a [u8]) {
+        let Weight::Mxfp4 { blocks, scales, cols, .. } = *self else { unreachable!("not an MXFP4 weight") };
+        let nb = cols / BLOCK;
+        (&blocks[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES], &scales[r * nb..(r + 1) * nb])
+    }
+
+    /// Row `r` of a bf16 weight, as bytes.
+    fn bf16_row(&self, r: usize) -> &'a [u8] {
+        let Weight::Bf16 { data, cols, .. } = *self else { unreachable!("not a bf16 weight") };
+        &data[r * cols * 2..(r + 1) * cols * 2]
     }
 
     /// The activation order this ISA's kernels read for this weight format.
@@ -143,15 +135,9 @@ impl<'a> Weight<'a> {
 #[inline]
 fn dot4(isa: Isa, x: &[f32], w: &Weight, r: [usize; 4]) -> [f32; 4] {
     match *w {
-        Weight::Mxfp4 {
-            blocks,
-            scales,
-            cols,
-            ..
-        } => {
-            let nb = cols / BLOCK;
-            let b = r.map(|r| &blocks[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES]);
-            let s = r.map(|r| &scales[r * nb..(r + 1) * nb]);
+        Weight::Mxfp4 { .. } => {
+            let rows = r.map(|r| w.mxfp4_row(r));
+            let (b, s) = (rows.map(|p| p.0), rows.map(|p| p.1));
             match isa {
                 // SAFETY: `isa` is only ever a path `cpu::select` found supported, and
                 // the slices were sized by `Weight::mxfp4` and the driver.
@@ -162,8 +148,8 @@ fn dot4(isa: Isa, x: &[f32], w: &Weight, r: [usize; 4]) -> [f32; 4] {
                 _ => generic::mxfp4_dot4(x, b, s),
             }
         }
-        Weight::Bf16 { data, cols, .. } => {
-            let rows = r.map(|r| &data[r * cols * 2..(r + 1) * cols * 2]);
+        Weight::Bf16 { .. } => {
+            let rows = r.map(|r| w.bf16_row(r));
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => unsafe { avx512::bf16_dot4(x, rows) },
@@ -179,15 +165,8 @@ fn dot4(isa: Isa, x: &[f32], w: &Weight, r: [usize; 4]) -> [f32; 4] {
 #[inline]
 fn decode_row(isa: Isa, w: &Weight, r: usize, out: &mut [f32]) {
     match *w {
-        Weight::Mxfp4 {
-            blocks,
-            scales,
-            cols,
-            ..
-        } => {
-            let nb = cols / BLOCK;
-            let b = &blocks[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES];
-            let s = &scales[r * nb..(r + 1) * nb];
+        Weight::Mxfp4 { .. } => {
+            let (b, s) = w.mxfp4_row(r);
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => unsafe { avx512::mxfp4_decode(b, s, out) },
@@ -196,8 +175,8 @@ fn decode_row(isa: Isa, w: &Weight, r: usize, out: &mut [f32]) {
                 _ => generic::mxfp4_decode(b, s, out),
             }
         }
-        Weight::Bf16 { data, cols, .. } => {
-            let row = &data[r * cols * 2..(r + 1) * cols * 2];
+        Weight::Bf16 { .. } => {
+            let row = w.bf16_row(r);
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => unsafe { avx512::bf16_decode(row, out) },
@@ -213,18 +192,8 @@ fn decode_row(isa: Isa, w: &Weight, r: usize, out: &mut [f32]) {
 /// MXFP4 rows.
 #[inline]
 fn dot4_int8<const TWO: bool>(isa: Isa, x: &QRow, w: &Weight, r: [usize; 4]) -> [f32; 4] {
-    let Weight::Mxfp4 {
-        blocks,
-        scales,
-        cols,
-        ..
-    } = *w
-    else {
-        unreachable!("int8 GEMV is MXFP4 only")
-    };
-    let nb = cols / BLOCK;
-    let b = r.map(|r| &blocks[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES]);
-    let s = r.map(|r| &scales[r * nb..(r + 1) * nb]);
+    let rows = r.map(|r| w.mxfp4_row(r));
+    let (b, s) = (rows.map(|p| p.0), rows.map(|p| p.1));
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if vnni() => unsafe { avx512::mxfp4_dot4_int8::<TWO>(x, b, s) },
@@ -353,12 +322,7 @@ pub fn matmul(
                 let xi = &xs[i * n..(i + 1) * n];
                 let qi = if int8 { Some(qx.row(i)) } else { None };
                 for r in (r0..r1).step_by(4) {
-                    let rr = [
-                        r,
-                        (r + 1).min(r1 - 1),
-                        (r + 2).min(r1 - 1),
-                        (r + 3).min(r1 - 1),
-                    ];
+                    let rr = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)];
                     let d = match &qi {
                         Some(q) if two => dot4_int8::<true>(isa, q, w, rr),
                         Some(q) => dot4_int8::<false>(isa, q, w, rr),
@@ -407,13 +371,8 @@ pub fn read_all(buf: &[u8]) -> u64 {
                     acc[i] = acc[i].wrapping_add(w[i]);
                 }
             }
-            let tail = words
-                .chunks_exact(8)
-                .remainder()
-                .iter()
-                .fold(0u64, |a, &b| a.wrapping_add(b));
-            acc.iter().fold(tail, |a, &b| a.wrapping_add(b))
-                + pre.iter().chain(post).map(|&v| v as u64).sum::<u64>()
+            let tail = words.chunks_exact(8).remainder().iter().fold(0u64, |a, &b| a.wrapping_add(b));
+            acc.iter().fold(tail, |a, &b| a.wrapping_add(b)) + pre.iter().chain(post).map(|&v| v as u64).sum::<u64>()
         })
         .reduce(|| 0, |a, b| a.wrapping_add(b))
 }

@@ -97,11 +97,7 @@ impl QuantX {
         self.q.resize(m * n, 0);
         self.half_d.resize(m * nb, 0.0);
         self.corr.resize(m * nb, 0);
-        let lanes = if layout == QLayout::Grouped {
-            m * groups * 16
-        } else {
-            0
-        };
+        let lanes = if layout == QLayout::Grouped { m * groups * 16 } else { 0 };
         self.lane_neg_corr.resize(lanes, 0);
         self.lane_half_d.resize(lanes, 0.0);
         let l2 = if two_limbs { 1 } else { 0 };
@@ -114,11 +110,7 @@ impl QuantX {
             for b in 0..nb {
                 let xb = &x[i * n + b * BLOCK..i * n + (b + 1) * BLOCK];
                 let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let (d, inv) = if amax > 0.0 && amax.is_finite() {
-                    (amax / 127.0, 127.0 / amax)
-                } else {
-                    (0.0, 0.0)
-                };
+                let (d, inv) = if amax > 0.0 && amax.is_finite() { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) };
                 let (mut sum, mut sum2) = (0i32, 0i32);
                 // Round to nearest even by the 1.5 * 2^23 trick (|v * inv| <= 127).
                 const MAGIC: f32 = 12_582_912.0;
@@ -175,14 +167,7 @@ fn lanes_of(layout: QLayout, lane0: usize, groups: usize) -> std::ops::Range<usi
 
 /// Write block `b`'s quantized values into `row` in `layout` order, and (Grouped, full
 /// groups) the -12 * sum of each dword lane's 8 values into `lanes` (the row's lanes).
-fn place(
-    layout: QLayout,
-    b: usize,
-    groups: usize,
-    qb: &[i8; BLOCK],
-    row: &mut [i8],
-    lanes: &mut [i32],
-) {
+fn place(layout: QLayout, b: usize, groups: usize, qb: &[i8; BLOCK], row: &mut [i8], lanes: &mut [i32]) {
     match layout {
         QLayout::Natural => row[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(qb),
         QLayout::Grouped if b < groups * 4 => {
@@ -192,9 +177,7 @@ fn place(
                 row[g * 128 + 64 + mm * 16 + j] = qb[2 * j + 1];
             }
             for l in 0..4 {
-                let s: i32 = (0..4)
-                    .map(|t| qb[2 * (4 * l + t)] as i32 + qb[2 * (4 * l + t) + 1] as i32)
-                    .sum();
+                let s: i32 = (0..4).map(|t| qb[2 * (4 * l + t)] as i32 + qb[2 * (4 * l + t) + 1] as i32).sum();
                 lanes[g * 16 + mm * 4 + l] = -12 * s;
             }
         }

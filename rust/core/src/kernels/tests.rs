@@ -24,20 +24,10 @@ impl Rng {
 }
 
 fn simd_paths() -> Vec<Isa> {
-    Isa::available()
-        .into_iter()
-        .filter(|i| *i != Isa::Scalar && *i != Isa::Neon)
-        .collect()
+    Isa::available().into_iter().filter(|i| *i != Isa::Scalar && *i != Isa::Neon).collect()
 }
 
-fn reference(
-    x: &[f32],
-    m: usize,
-    wf: &[f32],
-    rows: usize,
-    n: usize,
-    bias: Option<&[f32]>,
-) -> (Vec<f64>, Vec<f64>) {
+fn reference(x: &[f32], m: usize, wf: &[f32], rows: usize, n: usize, bias: Option<&[f32]>) -> (Vec<f64>, Vec<f64>) {
     let mut y = vec![0f64; m * rows];
     let mut mag = vec![0f64; m * rows];
     for i in 0..m {
@@ -58,18 +48,13 @@ fn reference(
 fn check_close(got: &[f32], want: &[f64], mag: &[f64], rel: f64, what: &str) {
     for (idx, ((&g, &w), &a)) in got.iter().zip(want).zip(mag).enumerate() {
         let err = (g as f64 - w).abs();
-        assert!(
-            err <= rel * a + 1e-30,
-            "{what}: element {idx}: got {g}, want {w}, err {err} > {rel} * {a}"
-        );
+        assert!(err <= rel * a + 1e-30, "{what}: element {idx}: got {g}, want {w}, err {err} > {rel} * {a}");
     }
 }
 
 fn mxfp4_case(rng: &mut Rng, rows: usize, n: usize) -> (Vec<u8>, Vec<u8>, Vec<f32>) {
     let blocks = rng.bytes(rows * n / 2);
-    let scales: Vec<u8> = (0..rows * n / 32)
-        .map(|_| 115 + (rng.next_u64() % 20) as u8)
-        .collect();
+    let scales: Vec<u8> = (0..rows * n / 32).map(|_| 115 + (rng.next_u64() % 20) as u8).collect();
     let mut wf = vec![0f32; rows * n];
     mxfp4::dequantize(&blocks, &scales, &mut wf);
     (blocks, scales, wf)
@@ -78,54 +63,23 @@ fn mxfp4_case(rng: &mut Rng, rows: usize, n: usize) -> (Vec<u8>, Vec<u8>, Vec<f3
 #[test]
 fn mxfp4_matmul_all_paths_against_reference() {
     let mut rng = Rng(7);
-    for &(m, rows, n) in &[
-        (1, 1, 32),
-        (1, 7, 64),
-        (2, 13, 96),
-        (3, 33, 160),
-        (4, 5, 32),
-        (5, 37, 320),
-        (17, 64, 2880),
-    ] {
+    for &(m, rows, n) in &[(1, 1, 32), (1, 7, 64), (2, 13, 96), (3, 33, 160), (4, 5, 32), (5, 37, 320), (17, 64, 2880)]
+    {
         let (blocks, scales, wf) = mxfp4_case(&mut rng, rows, n);
         let x: Vec<f32> = (0..m * n).map(|_| rng.uniform()).collect();
         let bias: Vec<f32> = (0..rows).map(|_| rng.uniform()).collect();
         let (want, mag) = reference(&x, m, &wf, rows, n, Some(&bias));
         let w = Weight::mxfp4(&blocks, &scales, rows, n);
         let mut scalar = vec![0f32; m * rows];
-        matmul(
-            Isa::Scalar,
-            Precision::F32,
-            &x,
-            m,
-            &w,
-            Some(&bias),
-            &mut scalar,
-            &mut Scratch::default(),
-        );
+        matmul(Isa::Scalar, Precision::F32, &x, m, &w, Some(&bias), &mut scalar, &mut Scratch::default());
         check_close(&scalar, &want, &mag, 1e-5, "scalar");
         for isa in simd_paths() {
             let mut got = vec![0f32; m * rows];
-            matmul(
-                isa,
-                Precision::F32,
-                &x,
-                m,
-                &w,
-                Some(&bias),
-                &mut got,
-                &mut Scratch::default(),
-            );
+            matmul(isa, Precision::F32, &x, m, &w, Some(&bias), &mut got, &mut Scratch::default());
             check_close(&got, &want, &mag, 1e-5, isa.name());
             // And close to the scalar twin itself.
             let twin: Vec<f64> = scalar.iter().map(|&v| v as f64).collect();
-            check_close(
-                &got,
-                &twin,
-                &mag,
-                2e-5,
-                &format!("{} vs scalar", isa.name()),
-            );
+            check_close(&got, &twin, &mag, 2e-5, &format!("{} vs scalar", isa.name()));
         }
     }
 }
@@ -133,20 +87,9 @@ fn mxfp4_matmul_all_paths_against_reference() {
 #[test]
 fn bf16_matmul_all_paths_against_reference() {
     let mut rng = Rng(11);
-    for &(m, rows, n) in &[
-        (1, 1, 1),
-        (1, 5, 17),
-        (2, 9, 96),
-        (3, 4, 33),
-        (4, 3, 7),
-        (6, 21, 130),
-        (9, 40, 2880),
-    ] {
+    for &(m, rows, n) in &[(1, 1, 1), (1, 5, 17), (2, 9, 96), (3, 4, 33), (4, 3, 7), (6, 21, 130), (9, 40, 2880)] {
         let wf: Vec<f32> = (0..rows * n).map(|_| rng.uniform()).collect();
-        let data: Vec<u8> = wf
-            .iter()
-            .flat_map(|&v| crate::bf16::from_f32(v).to_le_bytes())
-            .collect();
+        let data: Vec<u8> = wf.iter().flat_map(|&v| crate::bf16::from_f32(v).to_le_bytes()).collect();
         let mut wq = vec![0f32; rows * n];
         crate::bf16::widen(&data, &mut wq);
         let x: Vec<f32> = (0..m * n).map(|_| rng.uniform()).collect();
@@ -154,16 +97,7 @@ fn bf16_matmul_all_paths_against_reference() {
         let w = Weight::bf16(&data, rows, n);
         for isa in Isa::available() {
             let mut got = vec![0f32; m * rows];
-            matmul(
-                isa,
-                Precision::F32,
-                &x,
-                m,
-                &w,
-                None,
-                &mut got,
-                &mut Scratch::default(),
-            );
+            matmul(isa, Precision::F32, &x, m, &w, None, &mut got, &mut Scratch::default());
             check_close(&got, &want, &mag, 1e-5, isa.name());
         }
     }
@@ -207,18 +141,10 @@ fn mxfp4_int8_and_int16_precisions_all_paths_within_stated_bounds() {
 
 fn int8_case(precision: Precision, per: f64) {
     let mut rng = Rng(17);
-    for &(m, rows, n) in &[
-        (1, 1, 32),
-        (1, 9, 96),
-        (2, 13, 128),
-        (3, 33, 160),
-        (1, 40, 2880),
-        (2, 5, 2912),
-    ] {
+    for &(m, rows, n) in &[(1, 1, 32), (1, 9, 96), (2, 13, 128), (3, 33, 160), (1, 40, 2880), (2, 5, 2912)] {
         let (blocks, scales, wf) = mxfp4_case(&mut rng, rows, n);
-        let x: Vec<f32> = (0..m * n)
-            .map(|_| rng.uniform() * if rng.next_u64() % 7 == 0 { 50.0 } else { 1.0 })
-            .collect();
+        let x: Vec<f32> =
+            (0..m * n).map(|_| rng.uniform() * if rng.next_u64() % 7 == 0 { 50.0 } else { 1.0 }).collect();
         let w = Weight::mxfp4(&blocks, &scales, rows, n);
         let (want, mag) = reference(&x, m, &wf, rows, n, None);
         // Stated bound: sum over blocks of (amax_b / 254) * sum_j |w_bj|, plus f32 rounding.
@@ -227,49 +153,21 @@ fn int8_case(precision: Precision, per: f64) {
             for r in 0..rows {
                 let mut b = 0f64;
                 for g in 0..n / 32 {
-                    let amax = x[i * n + g * 32..i * n + g * 32 + 32]
-                        .iter()
-                        .fold(0f32, |a, v| a.max(v.abs())) as f64;
-                    let wsum: f64 = wf[r * n + g * 32..r * n + g * 32 + 32]
-                        .iter()
-                        .map(|v| v.abs() as f64)
-                        .sum();
+                    let amax = x[i * n + g * 32..i * n + g * 32 + 32].iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
+                    let wsum: f64 = wf[r * n + g * 32..r * n + g * 32 + 32].iter().map(|v| v.abs() as f64).sum();
                     b += amax / per * wsum;
                 }
                 bound[i * rows + r] = b + 1e-5 * mag[i * rows + r];
             }
         }
         let mut scalar = vec![0f32; m * rows];
-        matmul(
-            Isa::Scalar,
-            precision,
-            &x,
-            m,
-            &w,
-            None,
-            &mut scalar,
-            &mut Scratch::default(),
-        );
+        matmul(Isa::Scalar, precision, &x, m, &w, None, &mut scalar, &mut Scratch::default());
         for isa in Isa::available() {
             let mut got = vec![0f32; m * rows];
-            matmul(
-                isa,
-                precision,
-                &x,
-                m,
-                &w,
-                None,
-                &mut got,
-                &mut Scratch::default(),
-            );
+            matmul(isa, precision, &x, m, &w, None, &mut got, &mut Scratch::default());
             for k in 0..m * rows {
                 let err = (got[k] as f64 - want[k]).abs();
-                assert!(
-                    err <= bound[k],
-                    "{} int8 [{m},{rows},{n}] {k}: err {err} > {}",
-                    isa.name(),
-                    bound[k]
-                );
+                assert!(err <= bound[k], "{} int8 [{m},{rows},{n}] {k}: err {err} > {}", isa.name(), bound[k]);
                 // Same integer sums as the scalar twin: only f32 rounding differs.
                 let d = (got[k] - scalar[k]).abs() as f64;
                 assert!(d <= 1e-5 * mag[k] + 1e-30, "{} vs scalar: {d}", isa.name());
@@ -298,11 +196,8 @@ fn kernel_speed() {
     let f32_kernel = || unsafe { avx512::mxfp4_dot4(&xp, b, s) };
     let int8_kernel = || unsafe { avx512::mxfp4_dot4_int8::<false>(&qx.row(0), b, s) };
     let int16_kernel = || unsafe { avx512::mxfp4_dot4_int8::<true>(&qx.row(0), b, s) };
-    let kernels: [(&str, &dyn Fn() -> [f32; 4]); 3] = [
-        ("f32  ", &f32_kernel),
-        ("int8 ", &int8_kernel),
-        ("int16", &int16_kernel),
-    ];
+    let kernels: [(&str, &dyn Fn() -> [f32; 4]); 3] =
+        [("f32  ", &f32_kernel), ("int8 ", &int8_kernel), ("int16", &int16_kernel)];
     for (name, f) in kernels {
         let t0 = std::time::Instant::now();
         let mut acc = 0f32;

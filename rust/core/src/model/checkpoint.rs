@@ -110,22 +110,15 @@ fn ck<T>(path: &Path, msg: impl std::fmt::Display) -> Result<T> {
 fn parse_header(path: &Path, bytes: &[u8], file_index: usize) -> Result<Vec<TensorInfo>> {
     let len = bytes.len();
     if len < 8 {
-        return ck(
-            path,
-            format!("file is {len} bytes, too short for a safetensors header (8 bytes)"),
-        );
+        return ck(path, format!("file is {len} bytes, too short for a safetensors header (8 bytes)"));
     }
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
     if n > (len as u64 - 8) {
-        return ck(
-            path,
-            format!("header length {n} exceeds the file size {len} (truncated or not safetensors)"),
-        );
+        return ck(path, format!("header length {n} exceeds the file size {len} (truncated or not safetensors)"));
     }
     let n = n as usize;
-    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| {
-        Error::Checkpoint(format!("{}: header is not valid JSON: {e}", path.display()))
-    })?;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n])
+        .map_err(|e| Error::Checkpoint(format!("{}: header is not valid JSON: {e}", path.display())))?;
     let obj = match header.as_object() {
         Some(o) => o,
         None => return ck(path, "header is not a JSON object"),
@@ -137,16 +130,12 @@ fn parse_header(path: &Path, bytes: &[u8], file_index: usize) -> Result<Vec<Tens
         if name == "__metadata__" {
             continue;
         }
-        let bad =
-            |m: String| Error::Checkpoint(format!("{}: tensor {name:?}: {m}", path.display()));
+        let bad = |m: String| Error::Checkpoint(format!("{}: tensor {name:?}: {m}", path.display()));
         let e = match entry.as_object() {
             Some(e) => e,
             None => return Err(bad("entry is not an object".into())),
         };
-        let dtype_s = e
-            .get("dtype")
-            .and_then(|v| v.as_str())
-            .unwrap_or("<missing>");
+        let dtype_s = e.get("dtype").and_then(|v| v.as_str()).unwrap_or("<missing>");
         let dtype = match Dtype::parse(dtype_s) {
             Some(d) => d,
             None => return Err(bad(format!("unknown dtype {dtype_s:?}"))),
@@ -159,20 +148,18 @@ fn parse_header(path: &Path, bytes: &[u8], file_index: usize) -> Result<Vec<Tens
             Some(s) => s,
             None => return Err(bad("shape is missing or not a list of integers".into())),
         };
-        let offs: Option<Vec<u64>> = e
-            .get("data_offsets")
-            .and_then(|v| v.as_array())
-            .and_then(|a| a.iter().map(|d| d.as_u64()).collect());
+        let offs: Option<Vec<u64>> =
+            e.get("data_offsets").and_then(|v| v.as_array()).and_then(|a| a.iter().map(|d| d.as_u64()).collect());
         let (b, en) = match offs.as_deref() {
             Some([b, en]) => (*b, *en),
             _ => return Err(bad("data_offsets is missing or not [begin, end]".into())),
         };
         if b > en || en > data_len as u64 {
-            return Err(bad(format!("data_offsets [{b}, {en}] out of range: the data section holds {data_len} bytes (truncated file?)")));
+            return Err(bad(format!(
+                "data_offsets [{b}, {en}] out of range: the data section holds {data_len} bytes (truncated file?)"
+            )));
         }
-        let numel = shape
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+        let numel = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
         let want = numel.and_then(|n| n.checked_mul(dtype.size() as u64));
         if want != Some(en - b) {
             return Err(bad(format!(
@@ -196,13 +183,7 @@ fn parse_header(path: &Path, bytes: &[u8], file_index: usize) -> Result<Vec<Tens
     sorted.sort_by_key(|t| t.start);
     for w in sorted.windows(2) {
         if w[1].start < w[0].end {
-            return ck(
-                path,
-                format!(
-                    "tensors {:?} and {:?} overlap in the data section",
-                    w[0].name, w[1].name
-                ),
-            );
+            return ck(path, format!("tensors {:?} and {:?} overlap in the data section", w[0].name, w[1].name));
         }
     }
     Ok(out)
@@ -217,26 +198,15 @@ impl Checkpoint {
             let file = File::open(path).or_else(|e| ck(path, format!("cannot open: {e}")))?;
             // SAFETY: the map is read-only; a checkpoint modified on disk while mapped is
             // outside what any reader can defend against (as with every mmap loader).
-            let map = unsafe { Mmap::map(&file) }
-                .or_else(|e| ck(path, format!("cannot memory-map: {e}")))?;
+            let map = unsafe { Mmap::map(&file) }.or_else(|e| ck(path, format!("cannot memory-map: {e}")))?;
             for t in parse_header(path, &map, i)? {
                 if let Some(prev) = tensors.get(&t.name) {
                     let prev: &TensorInfo = prev;
-                    return ck(
-                        path,
-                        format!(
-                            "tensor {:?} also appears in {}",
-                            t.name,
-                            paths[prev.file].display()
-                        ),
-                    );
+                    return ck(path, format!("tensor {:?} also appears in {}", t.name, paths[prev.file].display()));
                 }
                 tensors.insert(t.name.clone(), t);
             }
-            files.push(MappedFile {
-                path: path.clone(),
-                map,
-            });
+            files.push(MappedFile { path: path.clone(), map });
         }
         Ok(Checkpoint { files, tensors })
     }
@@ -246,10 +216,8 @@ impl Checkpoint {
     pub fn files_in(dir: &Path) -> Result<(Vec<PathBuf>, Option<HashMap<String, String>>)> {
         let index = dir.join("model.safetensors.index.json");
         if index.is_file() {
-            let text = std::fs::read_to_string(&index)
-                .or_else(|e| ck(&index, format!("cannot read: {e}")))?;
-            let v: Value = serde_json::from_str(&text)
-                .or_else(|e| ck(&index, format!("invalid JSON: {e}")))?;
+            let text = std::fs::read_to_string(&index).or_else(|e| ck(&index, format!("cannot read: {e}")))?;
+            let v: Value = serde_json::from_str(&text).or_else(|e| ck(&index, format!("invalid JSON: {e}")))?;
             let map = match v.get("weight_map").and_then(|m| m.as_object()) {
                 Some(m) => m,
                 None => return ck(&index, "no \"weight_map\" object"),
@@ -259,12 +227,7 @@ impl Checkpoint {
             for (t, f) in map {
                 let f = match f.as_str() {
                     Some(f) if !f.contains("..") && !f.starts_with('/') => f.to_string(),
-                    _ => {
-                        return ck(
-                            &index,
-                            format!("weight_map[{t:?}] is not a file name in this folder"),
-                        )
-                    }
+                    _ => return ck(&index, format!("weight_map[{t:?}] is not a file name in this folder")),
                 };
                 if !names.contains(&f) {
                     names.push(f.clone());
@@ -275,10 +238,7 @@ impl Checkpoint {
             let paths: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
             for p in &paths {
                 if !p.is_file() {
-                    return ck(
-                        &index,
-                        format!("names shard {} which does not exist", p.display()),
-                    );
+                    return ck(&index, format!("names shard {} which does not exist", p.display()));
                 }
             }
             return Ok((paths, Some(weight_map)));
@@ -294,10 +254,7 @@ impl Checkpoint {
             .collect();
         found.sort();
         if found.is_empty() {
-            return ck(
-                dir,
-                "no model.safetensors, model.safetensors.index.json or *.safetensors file",
-            );
+            return ck(dir, "no model.safetensors, model.safetensors.index.json or *.safetensors file");
         }
         Ok((found, None))
     }
@@ -312,22 +269,13 @@ impl Checkpoint {
                     None => {
                         return ck(
                             &dir.join(f),
-                            format!(
-                                "tensor {t:?} listed in model.safetensors.index.json is missing"
-                            ),
+                            format!("tensor {t:?} listed in model.safetensors.index.json is missing"),
                         )
                     }
                     Some(info)
-                        if ckpt.files[info.file]
-                            .path
-                            .file_name()
-                            .and_then(|n| n.to_str())
-                            != Some(f.as_str()) =>
+                        if ckpt.files[info.file].path.file_name().and_then(|n| n.to_str()) != Some(f.as_str()) =>
                     {
-                        return ck(
-                            &ckpt.files[info.file].path,
-                            format!("tensor {t:?} is here, but the index says {f}"),
-                        )
+                        return ck(&ckpt.files[info.file].path, format!("tensor {t:?} is here, but the index says {f}"))
                     }
                     _ => {}
                 }
@@ -352,34 +300,20 @@ impl Checkpoint {
     /// The named tensor, checked for dtype and shape; errors name file, tensor, expected and found.
     pub fn expect(&self, name: &str, dtypes: &[Dtype], shape: &[usize]) -> Result<&TensorInfo> {
         let t = self.get(name).ok_or_else(|| {
-            let files: Vec<String> = self
-                .files
-                .iter()
-                .map(|f| f.path.display().to_string())
-                .collect();
-            Error::Checkpoint(format!(
-                "required tensor {name:?} is missing from {}",
-                files.join(", ")
-            ))
+            let files: Vec<String> = self.files.iter().map(|f| f.path.display().to_string()).collect();
+            Error::Checkpoint(format!("required tensor {name:?} is missing from {}", files.join(", ")))
         })?;
         if !dtypes.contains(&t.dtype) {
             let want: Vec<&str> = dtypes.iter().map(|d| d.name()).collect();
             return ck(
                 self.path(t),
-                format!(
-                    "tensor {name:?}: expected dtype {}, found {}",
-                    want.join(" or "),
-                    t.dtype.name()
-                ),
+                format!("tensor {name:?}: expected dtype {}, found {}", want.join(" or "), t.dtype.name()),
             );
         }
         if t.shape != shape {
             return ck(
                 self.path(t),
-                format!(
-                    "tensor {name:?}: expected shape {shape:?} (from the config), found {:?}",
-                    t.shape
-                ),
+                format!("tensor {name:?}: expected shape {shape:?} (from the config), found {:?}", t.shape),
             );
         }
         Ok(t)
@@ -395,14 +329,8 @@ impl Checkpoint {
     pub fn to_f32(&self, t: &TensorInfo) -> Vec<f32> {
         let b = self.bytes(t);
         match t.dtype {
-            Dtype::Bf16 => b
-                .chunks_exact(2)
-                .map(|c| crate::bf16::to_f32(c[0], c[1]))
-                .collect(),
-            Dtype::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
+            Dtype::Bf16 => b.chunks_exact(2).map(|c| crate::bf16::to_f32(c[0], c[1])).collect(),
+            Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
             _ => unreachable!("to_f32 on {:?}", t.dtype),
         }
     }

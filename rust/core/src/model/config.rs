@@ -46,6 +46,11 @@ pub struct Config {
 pub const REAL_EOS: u32 = 200002;
 pub const REAL_PAD: u32 = 199999;
 
+/// gpt-oss's default attention pattern: even layers slide, starting at layer 0.
+fn alternating(layers: usize) -> Vec<Attention> {
+    (0..layers).map(|i| if i % 2 == 0 { Attention::Sliding } else { Attention::Full }).collect()
+}
+
 struct Fields<'a> {
     obj: &'a Map<String, Value>,
     file: &'a str,
@@ -58,9 +63,10 @@ impl Fields<'_> {
     fn usize(&self, key: &str) -> Result<usize> {
         match self.obj.get(key) {
             None => Err(self.err(key, "missing")),
-            Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| {
-                self.err(key, &format!("expected a non-negative integer, found {v}"))
-            }),
+            Some(v) => v
+                .as_u64()
+                .map(|n| n as usize)
+                .ok_or_else(|| self.err(key, &format!("expected a non-negative integer, found {v}"))),
         }
     }
     fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
@@ -73,25 +79,18 @@ impl Fields<'_> {
     fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match self.obj.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| self.err(key, &format!("expected a number, found {v}"))),
+            Some(v) => v.as_f64().ok_or_else(|| self.err(key, &format!("expected a number, found {v}"))),
         }
     }
     fn ids(&self, key: &str) -> Result<Option<Vec<u32>>> {
         match self.obj.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => Ok(Some(vec![n
-                .as_u64()
-                .ok_or_else(|| self.err(key, "expected a token id"))?
-                as u32])),
+            Some(Value::Number(n)) => {
+                Ok(Some(vec![n.as_u64().ok_or_else(|| self.err(key, "expected a token id"))? as u32]))
+            }
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|v| {
-                    v.as_u64()
-                        .map(|n| n as u32)
-                        .ok_or_else(|| self.err(key, "expected token ids"))
-                })
+                .map(|v| v.as_u64().map(|n| n as u32).ok_or_else(|| self.err(key, "expected token ids")))
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
             Some(v) => Err(self.err(key, &format!("expected a token id or a list, found {v}"))),
@@ -102,18 +101,15 @@ impl Fields<'_> {
 impl Config {
     /// Read and validate `config.json` (either layout).
     pub fn from_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Checkpoint(format!("{}: cannot read config: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Checkpoint(format!("{}: cannot read config: {e}", path.display())))?;
         Config::from_json(&text, &path.display().to_string())
     }
 
     pub fn from_json(text: &str, file: &str) -> Result<Config> {
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| Error::Checkpoint(format!("{file}: invalid JSON: {e}")))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| Error::Checkpoint(format!("{file}: expected a JSON object")))?;
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| Error::Checkpoint(format!("{file}: invalid JSON: {e}")))?;
+        let obj = v.as_object().ok_or_else(|| Error::Checkpoint(format!("{file}: expected a JSON object")))?;
         let f = Fields { obj, file };
         let original = !obj.contains_key("num_local_experts") && obj.contains_key("num_experts");
         let num_hidden_layers = f.usize("num_hidden_layers")?;
@@ -135,15 +131,7 @@ impl Config {
                 num_experts_per_tok: f.usize("experts_per_token")?,
                 sliding_window,
                 // Even layers slide, starting at layer 0.
-                layer_types: (0..num_hidden_layers)
-                    .map(|i| {
-                        if i % 2 == 0 {
-                            Attention::Sliding
-                        } else {
-                            Attention::Full
-                        }
-                    })
-                    .collect(),
+                layer_types: alternating(num_hidden_layers),
                 rope_theta: f.f64_or("rope_theta", 150000.0)?,
                 rope_factor: factor,
                 rope_beta_fast: f.f64_or("rope_ntk_beta", 32.0)?,
@@ -157,15 +145,7 @@ impl Config {
             }
         } else {
             let layer_types = match obj.get("layer_types") {
-                None | Some(Value::Null) => (0..num_hidden_layers)
-                    .map(|i| {
-                        if i % 2 == 0 {
-                            Attention::Sliding
-                        } else {
-                            Attention::Full
-                        }
-                    })
-                    .collect(),
+                None | Some(Value::Null) => alternating(num_hidden_layers),
                 Some(Value::Array(a)) => a
                     .iter()
                     .map(|t| match t.as_str() {
@@ -180,31 +160,17 @@ impl Config {
             let rs = match obj.get("rope_scaling") {
                 Some(Value::Object(m)) => m,
                 None | Some(Value::Null) => &empty,
-                Some(v) => {
-                    return Err(f.err("rope_scaling", &format!("expected an object, found {v}")))
-                }
+                Some(v) => return Err(f.err("rope_scaling", &format!("expected an object, found {v}"))),
             };
             let r = Fields { obj: rs, file };
-            let rope_type = rs
-                .get("rope_type")
-                .or_else(|| rs.get("type"))
-                .and_then(|v| v.as_str())
-                .unwrap_or("yarn");
+            let rope_type = rs.get("rope_type").or_else(|| rs.get("type")).and_then(|v| v.as_str()).unwrap_or("yarn");
             if rope_type != "yarn" {
-                return Err(f.err(
-                    "rope_scaling",
-                    &format!("rope_type {rope_type:?} is not supported (expected \"yarn\")"),
-                ));
+                return Err(
+                    f.err("rope_scaling", &format!("rope_type {rope_type:?} is not supported (expected \"yarn\")"))
+                );
             }
-            if rs
-                .get("truncate")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false)
-            {
-                return Err(f.err(
-                    "rope_scaling",
-                    "truncate=true is not supported (gpt-oss uses false)",
-                ));
+            if rs.get("truncate").and_then(|v| v.as_bool()).unwrap_or(false) {
+                return Err(f.err("rope_scaling", "truncate=true is not supported (gpt-oss uses false)"));
             }
             Config {
                 vocab_size: f.usize("vocab_size")?,
@@ -268,10 +234,7 @@ impl Config {
             ));
         }
         if self.hidden_size % 32 != 0 {
-            return bad(format!(
-                "hidden_size ({}) must be a multiple of 32 (MXFP4 blocks)",
-                self.hidden_size
-            ));
+            return bad(format!("hidden_size ({}) must be a multiple of 32 (MXFP4 blocks)", self.hidden_size));
         }
         if self.intermediate_size % 32 != 0 {
             return bad(format!(
@@ -280,10 +243,7 @@ impl Config {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return bad(format!(
-                "head_dim ({}) must be even (RoPE pairs halves)",
-                self.head_dim
-            ));
+            return bad(format!("head_dim ({}) must be even (RoPE pairs halves)", self.head_dim));
         }
         if self.num_experts_per_tok > self.num_local_experts {
             return bad(format!(
@@ -303,10 +263,7 @@ impl Config {
             || !(self.rope_theta > 1.0)
             || !(self.rope_factor >= 1.0)
         {
-            return bad(
-                "rms_norm_eps, swiglu_limit must be > 0, rope_theta > 1 and rope factor >= 1"
-                    .into(),
-            );
+            return bad("rms_norm_eps, swiglu_limit must be > 0, rope_theta > 1 and rope factor >= 1".into());
         }
         Ok(())
     }

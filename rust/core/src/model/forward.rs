@@ -139,10 +139,7 @@ impl Model {
         hidden: Option<&mut Vec<f32>>,
     ) -> Result<Vec<f32>> {
         let mut segs = [Segment { cache, ids, want }];
-        Ok(self
-            .forward_batch(&mut segs, ws, hidden)?
-            .pop()
-            .unwrap_or_default())
+        Ok(self.forward_batch(&mut segs, ws, hidden)?.pop().unwrap_or_default())
     }
 
     /// Several sequences in one pass: every segment's tokens go through the matmuls
@@ -201,11 +198,7 @@ impl Model {
         let cos = buf(&mut ws.cos, t_n * half);
         let sin = buf(&mut ws.sin, t_n * half);
         for t in 0..t_n {
-            self.rope.cos_sin(
-                tok_pos[t],
-                &mut cos[t * half..(t + 1) * half],
-                &mut sin[t * half..(t + 1) * half],
-            );
+            self.rope.cos_sin(tok_pos[t], &mut cos[t * half..(t + 1) * half], &mut sin[t * half..(t + 1) * half]);
         }
 
         for (li, layer) in w.layers.iter().enumerate() {
@@ -239,21 +232,9 @@ impl Model {
         if !rows.is_empty() {
             let h = buf(&mut ws.h, rows.len() * hd);
             for (i, &t) in rows.iter().enumerate() {
-                rmsnorm(
-                    &ws.x[t * hd..(t + 1) * hd],
-                    &w.norm,
-                    c.rms_norm_eps,
-                    &mut h[i * hd..(i + 1) * hd],
-                );
+                rmsnorm(&ws.x[t * hd..(t + 1) * hd], &w.norm, c.rms_norm_eps, &mut h[i * hd..(i + 1) * hd]);
             }
-            self.matmul(
-                h,
-                rows.len(),
-                &w.lm_head.weight(ck),
-                None,
-                &mut logits,
-                &mut ws.scratch,
-            );
+            self.matmul(h, rows.len(), &w.lm_head.weight(ck), None, &mut logits, &mut ws.scratch);
         }
         let mut out = Vec::with_capacity(segs.len());
         let mut rest = &logits[..];
@@ -289,35 +270,11 @@ impl Model {
         let q = buf(&mut ws.q, t_n * q_dim);
         let k = buf(&mut ws.k, t_n * kv_dim);
         let v = buf(&mut ws.v, t_n * kv_dim);
-        self.matmul(
-            h,
-            t_n,
-            &layer.q.weight(ck),
-            Some(&layer.q_bias),
-            q,
-            &mut ws.scratch,
-        );
-        self.matmul(
-            h,
-            t_n,
-            &layer.k.weight(ck),
-            Some(&layer.k_bias),
-            k,
-            &mut ws.scratch,
-        );
-        self.matmul(
-            h,
-            t_n,
-            &layer.v.weight(ck),
-            Some(&layer.v_bias),
-            v,
-            &mut ws.scratch,
-        );
+        self.matmul(h, t_n, &layer.q.weight(ck), Some(&layer.q_bias), q, &mut ws.scratch);
+        self.matmul(h, t_n, &layer.k.weight(ck), Some(&layer.k_bias), k, &mut ws.scratch);
+        self.matmul(h, t_n, &layer.v.weight(ck), Some(&layer.v_bias), v, &mut ws.scratch);
         for t in 0..t_n {
-            let (cs, sn) = (
-                &ws.cos[t * half..(t + 1) * half],
-                &ws.sin[t * half..(t + 1) * half],
-            );
+            let (cs, sn) = (&ws.cos[t * half..(t + 1) * half], &ws.sin[t * half..(t + 1) * half]);
             for head in q[t * q_dim..(t + 1) * q_dim].chunks_exact_mut(head_dim) {
                 Rope::apply(head, cs, sn);
             }
@@ -340,14 +297,7 @@ impl Model {
         self.attend(layer, q, &caches, tok_seg, tok_pos, attn);
         // attn[T, q_dim] @ Wo[H, q_dim]^T -> o[T, H]; x += o
         let o = buf(&mut ws.o, t_n * hd);
-        self.matmul(
-            attn,
-            t_n,
-            &layer.o.weight(ck),
-            Some(&layer.o_bias),
-            o,
-            &mut ws.scratch,
-        );
+        self.matmul(attn, t_n, &layer.o.weight(ck), Some(&layer.o_bias), o, &mut ws.scratch);
         for (xv, ov) in ws.x[..t_n * hd].iter_mut().zip(o.iter()) {
             *xv += ov;
         }
@@ -387,8 +337,7 @@ impl Model {
                 let head = g * group + hh;
                 let qh = &q[t * q_dim + head * head_dim..t * q_dim + (head + 1) * head_dim];
                 for (j, s) in scores.iter_mut().enumerate() {
-                    let kr = &kv.k
-                        [(lo + j) * kv_dim + g * head_dim..(lo + j) * kv_dim + (g + 1) * head_dim];
+                    let kr = &kv.k[(lo + j) * kv_dim + g * head_dim..(lo + j) * kv_dim + (g + 1) * head_dim];
                     *s = qh.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale;
                 }
                 let sink = layer.sinks[head];
@@ -399,17 +348,11 @@ impl Model {
                     denom += *s;
                 }
                 // SAFETY: (t, head) is written by this task only; in bounds of [T, q_dim].
-                let oh = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        optr.0.add(t * q_dim + head * head_dim),
-                        head_dim,
-                    )
-                };
+                let oh = unsafe { std::slice::from_raw_parts_mut(optr.0.add(t * q_dim + head * head_dim), head_dim) };
                 oh.fill(0.0);
                 for (j, &e) in scores.iter().enumerate() {
                     let p = e / denom;
-                    let vr = &kv.v
-                        [(lo + j) * kv_dim + g * head_dim..(lo + j) * kv_dim + (g + 1) * head_dim];
+                    let vr = &kv.v[(lo + j) * kv_dim + g * head_dim..(lo + j) * kv_dim + (g + 1) * head_dim];
                     for (o, &vv) in oh.iter_mut().zip(vr) {
                         *o += p * vv;
                     }
@@ -423,25 +366,13 @@ impl Model {
     fn moe_block(&self, layer: &Layer, t_n: usize, ws: &mut Workspace) {
         let c = &self.config;
         let ck = &self.ckpt;
-        let (hd, inter, ne, topk) = (
-            c.hidden_size,
-            c.intermediate_size,
-            c.num_local_experts,
-            c.num_experts_per_tok,
-        );
+        let (hd, inter, ne, topk) = (c.hidden_size, c.intermediate_size, c.num_local_experts, c.num_experts_per_tok);
 
         let h = buf(&mut ws.h, t_n * hd);
         rmsnorm(&ws.x[..t_n * hd], &layer.mlp_norm, c.rms_norm_eps, h);
         // h[T, H] @ Wr[E, H]^T -> r[T, E]
         let r = buf(&mut ws.router, t_n * ne);
-        self.matmul(
-            h,
-            t_n,
-            &layer.router.weight(ck),
-            Some(&layer.router_bias),
-            r,
-            &mut ws.scratch,
-        );
+        self.matmul(h, t_n, &layer.router.weight(ck), Some(&layer.router_bias), r, &mut ws.scratch);
 
         if let Some(log) = ws.router_log.as_mut() {
             log.extend_from_slice(r);
@@ -467,31 +398,14 @@ impl Model {
             }
             // xin[m, H] @ W1[e][2I, H]^T -> gu[m, 2I]; swiglu -> act[m, I]
             let gu = buf(&mut ws.gu, m * 2 * inter);
-            self.matmul(
-                xin,
-                m,
-                &layer.mlp1.weight(ck, e),
-                Some(layer.mlp1.bias(e)),
-                gu,
-                &mut ws.scratch,
-            );
+            self.matmul(xin, m, &layer.mlp1.weight(ck, e), Some(layer.mlp1.bias(e)), gu, &mut ws.scratch);
             let act = buf(&mut ws.act, m * inter);
             swiglu(gu, c.swiglu_limit, act);
             // act[m, I] @ W2[e][H, I]^T -> y[m, H]
             let y = buf(&mut ws.y, m * hd);
-            self.matmul(
-                act,
-                m,
-                &layer.mlp2.weight(ck, e),
-                Some(layer.mlp2.bias(e)),
-                y,
-                &mut ws.scratch,
-            );
+            self.matmul(act, m, &layer.mlp2.weight(ck, e), Some(layer.mlp2.bias(e)), y, &mut ws.scratch);
             for (i, &(_, t, wgt)) in ws.routes[start..end].iter().enumerate() {
-                for (xv, &yv) in ws.x[t * hd..(t + 1) * hd]
-                    .iter_mut()
-                    .zip(&y[i * hd..(i + 1) * hd])
-                {
+                for (xv, &yv) in ws.x[t * hd..(t + 1) * hd].iter_mut().zip(&y[i * hd..(i + 1) * hd]) {
                     *xv += wgt * yv;
                 }
             }
@@ -503,10 +417,7 @@ impl Model {
     /// For tests that check routing against the references.
     pub fn router_logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
         let mut cache = self.new_cache();
-        let mut ws = Workspace {
-            router_log: Some(Vec::new()),
-            ..Workspace::default()
-        };
+        let mut ws = Workspace { router_log: Some(Vec::new()), ..Workspace::default() };
         self.forward(&mut cache, &mut ws, ids, Logits::None, None)?;
         Ok(ws.router_log.unwrap_or_default())
     }

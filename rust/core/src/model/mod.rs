@@ -44,17 +44,11 @@ impl Model {
     /// Reads only the headers and the small 1-D tensors; the matrices stay mapped.
     pub fn load(dir: &Path, opts: LoadOptions) -> Result<Model> {
         if !dir.is_dir() {
-            return Err(Error::Checkpoint(format!(
-                "{}: not a folder",
-                dir.display()
-            )));
+            return Err(Error::Checkpoint(format!("{}: not a folder", dir.display())));
         }
         let cfg_path = dir.join("config.json");
         if !cfg_path.is_file() {
-            return Err(Error::Checkpoint(format!(
-                "{}: missing config.json",
-                dir.display()
-            )));
+            return Err(Error::Checkpoint(format!("{}: missing config.json", dir.display())));
         }
         let config = Config::from_file(&cfg_path)?;
         let ckpt = Checkpoint::open_dir(dir)?;
@@ -80,10 +74,6 @@ impl Model {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(
-            self.config.num_hidden_layers,
-            self.config.kv_dim(),
-            self.max_context,
-        )
+        KvCache::new(self.config.num_hidden_layers, self.config.kv_dim(), self.max_context)
     }
 }

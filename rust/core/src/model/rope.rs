@@ -25,8 +25,7 @@ impl Rope {
         let base = c.rope_theta;
         let factor = c.rope_factor;
         let correction = |rotations: f64| {
-            (dim as f64 * (c.rope_original_max_position / (rotations * 2.0 * PI)).ln())
-                / (2.0 * base.ln())
+            (dim as f64 * (c.rope_original_max_position / (rotations * 2.0 * PI)).ln()) / (2.0 * base.ln())
         };
         let low = correction(c.rope_beta_fast);
         let mut high = correction(c.rope_beta_slow);
@@ -43,15 +42,8 @@ impl Rope {
                 interpolation * (1.0 - extrapolation_factor) + extrapolation * extrapolation_factor
             })
             .collect();
-        let attention_scaling = if factor <= 1.0 {
-            1.0
-        } else {
-            (0.1 * factor.ln() + 1.0) as f32
-        };
-        Rope {
-            inv_freq,
-            attention_scaling,
-        }
+        let attention_scaling = if factor <= 1.0 { 1.0 } else { (0.1 * factor.ln() + 1.0) as f32 };
+        Rope { inv_freq, attention_scaling }
     }
 
     /// cos and sin [half] at `pos`, scaled by the concentration.

@@ -135,43 +135,27 @@ fn experts(
     cols: usize,
 ) -> Result<Experts> {
     let nb = cols / BLOCK;
-    let b = ck
-        .expect(blocks, &[Dtype::U8], &[e, rows, nb, BLOCK_BYTES])?
-        .clone();
+    let b = ck.expect(blocks, &[Dtype::U8], &[e, rows, nb, BLOCK_BYTES])?.clone();
     let s = ck.expect(scales, &[Dtype::U8], &[e, rows, nb])?.clone();
     let bt = ck.expect(bias, &[Dtype::Bf16, Dtype::F32], &[e, rows])?;
-    Ok(Experts {
-        blocks: b,
-        scales: s,
-        bias: ck.to_f32(bt),
-        rows,
-        cols,
-    })
+    Ok(Experts { blocks: b, scales: s, bias: ck.to_f32(bt), rows, cols })
 }
 
 impl Weights {
     /// Find, check and view every tensor the forward pass needs.
     pub fn load(ck: &Checkpoint, c: &Config) -> Result<Weights> {
-        let n = Names {
-            original: ck.get("embedding.weight").is_some()
-                && ck.get("model.embed_tokens.weight").is_none(),
-        };
+        let n =
+            Names { original: ck.get("embedding.weight").is_some() && ck.get("model.embed_tokens.weight").is_none() };
         let (h, q_dim, kv_dim) = (c.hidden_size, c.q_dim(), c.kv_dim());
         let (e, inter) = (c.num_local_experts, c.intermediate_size);
-        let embed = ck
-            .expect(&n.embed(), &[Dtype::Bf16], &[c.vocab_size, h])?
-            .clone();
+        let embed = ck.expect(&n.embed(), &[Dtype::Bf16], &[c.vocab_size, h])?.clone();
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let l = |hf: &str, orig: &str| n.layer(i, hf, orig);
             let (q, k, v, q_bias, k_bias, v_bias) = if n.original {
                 let fused = matrix(ck, &l("", "attn.qkv.weight"), q_dim + 2 * kv_dim, h)?;
                 let bias = ck.vector_f32(&l("", "attn.qkv.bias"), q_dim + 2 * kv_dim)?;
-                let part = |r0: usize, r1: usize| MatRef {
-                    t: fused.t.clone(),
-                    r0,
-                    r1,
-                };
+                let part = |r0: usize, r1: usize| MatRef { t: fused.t.clone(), r0, r1 };
                 (
                     part(0, q_dim),
                     part(q_dim, q_dim + kv_dim),
@@ -199,16 +183,10 @@ impl Weights {
                 q_bias,
                 k_bias,
                 v_bias,
-                o: matrix(
-                    ck,
-                    &l("self_attn.o_proj.weight", "attn.out.weight"),
-                    h,
-                    q_dim,
-                )?,
+                o: matrix(ck, &l("self_attn.o_proj.weight", "attn.out.weight"), h, q_dim)?,
                 o_bias: ck.vector_f32(&l("self_attn.o_proj.bias", "attn.out.bias"), h)?,
                 sinks: ck.vector_f32(&l("self_attn.sinks", "attn.sinks"), c.num_attention_heads)?,
-                mlp_norm: ck
-                    .vector_f32(&l("post_attention_layernorm.weight", "mlp.norm.scale"), h)?,
+                mlp_norm: ck.vector_f32(&l("post_attention_layernorm.weight", "mlp.norm.scale"), h)?,
                 router: matrix(ck, &l("mlp.router.weight", "mlp.gate.weight"), e, h)?,
                 router_bias: ck.vector_f32(&l("mlp.router.bias", "mlp.gate.bias"), e)?,
                 mlp1: experts(

@@ -19,9 +19,7 @@ pub struct BlockCodes(pub [u8; BLOCK_BYTES]);
 const _: () = assert!(std::mem::size_of::<BlockCodes>() == BLOCK_BYTES);
 
 /// E2M1 value of each 4-bit code.
-pub const E2M1: [f32; 16] = [
-    0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
-];
+pub const E2M1: [f32; 16] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0];
 
 /// f32 value of an E8M0 scale byte: 2^(b - 127), exact (bytes 0 and 1 are f32
 /// subnormal / smallest normal), 255 is NaN.
@@ -49,11 +47,7 @@ pub static E8M0: [f32; 256] = {
 pub fn dequantize(blocks: &[u8], scales: &[u8], out: &mut [f32]) {
     assert_eq!(blocks.len(), scales.len() * BLOCK_BYTES);
     assert_eq!(out.len(), scales.len() * BLOCK);
-    for ((blk, &s), o) in blocks
-        .chunks_exact(BLOCK_BYTES)
-        .zip(scales)
-        .zip(out.chunks_exact_mut(BLOCK))
-    {
+    for ((blk, &s), o) in blocks.chunks_exact(BLOCK_BYTES).zip(scales).zip(out.chunks_exact_mut(BLOCK)) {
         let scale = E8M0[s as usize];
         for (j, &byte) in blk.iter().enumerate() {
             o[2 * j] = E2M1[(byte & 0x0f) as usize] * scale;
@@ -100,18 +94,11 @@ pub fn quantize(values: &[f32], blocks: &mut [u8], scales: &mut [u8]) -> Result<
     assert_eq!(values.len() % BLOCK, 0);
     assert_eq!(blocks.len(), values.len() / 2);
     assert_eq!(scales.len(), values.len() / BLOCK);
-    for (g, ((v, blk), s)) in values
-        .chunks_exact(BLOCK)
-        .zip(blocks.chunks_exact_mut(BLOCK_BYTES))
-        .zip(scales.iter_mut())
-        .enumerate()
+    for (g, ((v, blk), s)) in
+        values.chunks_exact(BLOCK).zip(blocks.chunks_exact_mut(BLOCK_BYTES)).zip(scales.iter_mut()).enumerate()
     {
         if let Some(bad) = v.iter().position(|x| !x.is_finite()) {
-            return Err(Error::Value(format!(
-                "quantize: value {} at index {} is not finite",
-                v[bad],
-                g * BLOCK + bad
-            )));
+            return Err(Error::Value(format!("quantize: value {} at index {} is not finite", v[bad], g * BLOCK + bad)));
         }
         let amax = v.iter().fold(0f32, |m, x| m.max(x.abs()));
         if amax == 0.0 {

@@ -35,12 +35,7 @@ impl KvCache {
                 v: Vec::with_capacity(max_context * kv_dim),
             })
             .collect();
-        KvCache {
-            layers,
-            kv_dim,
-            max_context,
-            len: 0,
-        }
+        KvCache { layers, kv_dim, max_context, len: 0 }
     }
 
     /// Tokens cached.
@@ -77,10 +72,7 @@ impl KvCache {
     /// Keep the first `n` tokens (n <= len).
     pub fn truncate(&mut self, n: usize) -> Result<()> {
         if n > self.len {
-            return Err(Error::Value(format!(
-                "cannot truncate to {n} tokens: the cache holds {}",
-                self.len
-            )));
+            return Err(Error::Value(format!("cannot truncate to {n} tokens: the cache holds {}", self.len)));
         }
         for l in &mut self.layers {
             l.k.truncate(n * self.kv_dim);

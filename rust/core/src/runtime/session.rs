@@ -24,12 +24,7 @@ pub struct Session {
 impl Session {
     pub fn new(model: Arc<Model>) -> Session {
         let cache = model.new_cache();
-        Session {
-            model,
-            cache,
-            tokens: Vec::new(),
-            ws: Workspace::default(),
-        }
+        Session { model, cache, tokens: Vec::new(), ws: Workspace::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -42,24 +37,15 @@ impl Session {
 
     /// Feed `ids` after what is cached; returns logits [rows, vocab] as asked.
     pub fn append(&mut self, ids: &[u32], logits: Logits) -> Result<Vec<f32>> {
-        let out = self
-            .model
-            .forward(&mut self.cache, &mut self.ws, ids, logits, None)?;
+        let out = self.model.forward(&mut self.cache, &mut self.ws, ids, logits, None)?;
         self.tokens.extend_from_slice(ids);
         Ok(out)
     }
 
     /// Like `append` but records the residual stream after the embedding and after every
     /// layer into `hidden` ([layers+1, len(ids), hidden]).
-    pub fn append_with_hidden(
-        &mut self,
-        ids: &[u32],
-        logits: Logits,
-        hidden: &mut Vec<f32>,
-    ) -> Result<Vec<f32>> {
-        let out = self
-            .model
-            .forward(&mut self.cache, &mut self.ws, ids, logits, Some(hidden))?;
+    pub fn append_with_hidden(&mut self, ids: &[u32], logits: Logits, hidden: &mut Vec<f32>) -> Result<Vec<f32>> {
+        let out = self.model.forward(&mut self.cache, &mut self.ws, ids, logits, Some(hidden))?;
         self.tokens.extend_from_slice(ids);
         Ok(out)
     }
@@ -69,31 +55,21 @@ impl Session {
     /// [sessions, vocab] in order.
     pub fn step_batch(sessions: &mut [&mut Session], ids: &[u32]) -> Result<Vec<f32>> {
         if sessions.len() != ids.len() {
-            return Err(Error::Value(format!(
-                "{} sessions but {} token ids",
-                sessions.len(),
-                ids.len()
-            )));
+            return Err(Error::Value(format!("{} sessions but {} token ids", sessions.len(), ids.len())));
         }
         let Some(first) = sessions.first() else {
             return Ok(Vec::new());
         };
         let model = first.model.clone();
         if sessions.iter().any(|s| !Arc::ptr_eq(&s.model, &model)) {
-            return Err(Error::Value(
-                "all sessions of a batch must belong to the same model".into(),
-            ));
+            return Err(Error::Value("all sessions of a batch must belong to the same model".into()));
         }
         let mut ws = std::mem::take(&mut sessions[0].ws);
         let result = {
             let mut segs: Vec<Segment> = sessions
                 .iter_mut()
                 .zip(ids.chunks(1))
-                .map(|(s, id)| Segment {
-                    cache: &mut s.cache,
-                    ids: id,
-                    want: Logits::Last,
-                })
+                .map(|(s, id)| Segment { cache: &mut s.cache, ids: id, want: Logits::Last })
                 .collect();
             model.forward_batch(&mut segs, &mut ws, None)
         };
@@ -107,10 +83,7 @@ impl Session {
 
     pub fn truncate(&mut self, n: usize) -> Result<()> {
         if n > self.len() {
-            return Err(Error::Value(format!(
-                "cannot truncate to {n} tokens: the session holds {}",
-                self.len()
-            )));
+            return Err(Error::Value(format!("cannot truncate to {n} tokens: the session holds {}", self.len())));
         }
         self.cache.truncate(n)?;
         self.tokens.truncate(n);
