@@ -423,3 +423,24 @@ def test_loading_writes_nothing_to_the_model_folder(tiny_copy):
     m.forward([1, 2, 3])
     after = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in tiny_copy.rglob("*")}
     assert before == after
+
+
+def test_hub_id_resolves_through_the_local_cache(tmp_path, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    snap = tmp_path / "hub" / "models--acme--tiny-gpt-oss" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    for f in ("config.json", "model.safetensors"):
+        (snap / f).symlink_to(FIXTURES / "tiny-a" / f)
+    (tmp_path / "hub" / "models--acme--tiny-gpt-oss" / "refs").mkdir()
+    (tmp_path / "hub" / "models--acme--tiny-gpt-oss" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    m = gn.load("acme/tiny-gpt-oss", precision="f32")
+    g = GOLDEN["tiny-a"]
+    assert np.max(np.abs(m.forward(g["input_ids"][0])[g["logits_positions"]] - g["logits"][0])) <= 1e-4
+    with pytest.raises(gn.CheckpointError, match="not in the Hugging Face cache"):
+        gn.load("acme/not-there")
