@@ -97,7 +97,8 @@ def warm(path: Path) -> None:
 
 def run_llama(src: Path, gguf: Path, threads: int, depth: int | None) -> dict:
     bench = src / "build" / "bin" / "llama-bench"
-    cmd = [bench, "-m", gguf, "-t", str(threads), "-o", "json"]
+    # One repetition per call: the repetitions come from the alternating outer loop.
+    cmd = [bench, "-m", gguf, "-t", str(threads), "-r", "1", "-o", "json"]
     cmd += ["-p", "0", "-n", "32", "-d", str(depth)] if depth else ["-p", "512", "-n", "128"]
     r = sh(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
     rows = json.loads(r.stdout)

@@ -165,6 +165,11 @@ class Model:
         """Every layer's router logits on a fresh context: float32 [layers, len, experts]."""
         return self._core.router_logits(_ids(token_ids))
 
+    def warm(self) -> int:
+        """Read the whole checkpoint once so it sits in the page cache (before timing or
+        serving); returns the bytes read."""
+        return self._core.warm()
+
     def session(self) -> Session:
         """A new session with its own KV cache (up to `max_context` tokens)."""
         return Session(self, self._core.session())

@@ -117,6 +117,12 @@ impl PyModel {
         Ok(out.into_pyarray(py).reshape(vec![n, self.inner.config.vocab_size])?)
     }
 
+    /// Read the whole checkpoint once so that it is in the page cache; returns bytes read.
+    fn warm(&self, py: Python<'_>) -> PyResult<usize> {
+        let (model, pool) = (self.inner.clone(), self.pool.clone());
+        run_detached(py, move || pool.install(|| model.warm()))
+    }
+
     /// A new session with its own KV cache.
     fn session(&self) -> PySession {
         PySession { inner: Session::new(self.inner.clone()), pool: self.pool.clone() }

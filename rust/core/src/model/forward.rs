@@ -19,6 +19,7 @@
 //! Prefill groups the tokens by expert so each expert's weights are read once per call.
 //! All activations, norms, softmaxes and accumulations are f32.
 
+use super::attention;
 use super::config::Attention;
 use super::rope::Rope;
 use super::weights::Layer;
@@ -106,6 +107,11 @@ pub fn route(logits: &[f32], k: usize, order: &mut Vec<usize>, out: &mut Vec<(us
     for p in out.iter_mut() {
         p.1 /= sum;
     }
+}
+
+thread_local! {
+    /// Attention scores of one task (grown once per thread, then reused).
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Pointer for parallel tasks that write disjoint parts of one buffer.
@@ -331,33 +337,33 @@ impl Model {
             let (t, g) = (task / nkv, task % nkv);
             let (kv, pos) = (caches[tok_seg[t]], tok_pos[t]);
             let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let nkeys = pos + 1 - lo;
-            let mut scores = vec![0f32; nkeys];
-            for hh in 0..group {
-                let head = g * group + hh;
-                let qh = &q[t * q_dim + head * head_dim..t * q_dim + (head + 1) * head_dim];
-                for (j, s) in scores.iter_mut().enumerate() {
-                    let kr = &kv.k[(lo + j) * kv_dim + g * head_dim..(lo + j) * kv_dim + (g + 1) * head_dim];
-                    *s = qh.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale;
-                }
-                let sink = layer.sinks[head];
-                let max = scores.iter().fold(sink, |m, &s| m.max(s));
-                let mut denom = (sink - max).exp();
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    denom += *s;
-                }
-                // SAFETY: (t, head) is written by this task only; in bounds of [T, q_dim].
-                let oh = unsafe { std::slice::from_raw_parts_mut(optr.0.add(t * q_dim + head * head_dim), head_dim) };
-                oh.fill(0.0);
-                for (j, &e) in scores.iter().enumerate() {
-                    let p = e / denom;
-                    let vr = &kv.v[(lo + j) * kv_dim + g * head_dim..(lo + j) * kv_dim + (g + 1) * head_dim];
-                    for (o, &vv) in oh.iter_mut().zip(vr) {
-                        *o += p * vv;
+            let heads = g * group..(g + 1) * group;
+            let args = attention::Group {
+                q: &q[t * q_dim + heads.start * head_dim..t * q_dim + heads.end * head_dim],
+                k: &kv.k,
+                v: &kv.v,
+                kv_dim,
+                off: g * head_dim,
+                lo,
+                nkeys: pos + 1 - lo,
+                head_dim,
+                sinks: &layer.sinks[heads.clone()],
+                scale,
+            };
+            // SAFETY: heads g*group..(g+1)*group of token t are written by this task only.
+            let o = unsafe {
+                std::slice::from_raw_parts_mut(optr.0.add(t * q_dim + heads.start * head_dim), group * head_dim)
+            };
+            SCORES.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut buf) => {
+                    let need = group * args.nkeys;
+                    if buf.len() < need {
+                        buf.resize(need, 0.0);
                     }
+                    attention::attend_group(self.isa, &args, &mut buf, o)
                 }
-            }
+                Err(_) => attention::attend_group(self.isa, &args, &mut vec![0.0; group * args.nkeys], o),
+            });
         });
     }
 
