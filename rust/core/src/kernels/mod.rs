@@ -32,13 +32,21 @@ pub enum Precision {
     Int16,
 }
 
-/// Buffers a caller keeps between matmuls (no allocation once grown).
+/// Buffers a caller keeps between matmuls (no allocation once grown): one set per job
+/// of a batch.
 #[derive(Default)]
 pub struct Scratch {
+    jobs: Vec<JobScratch>,
+}
+
+#[derive(Default)]
+struct JobScratch {
     /// Reordered f32 activations.
-    pub x: Vec<f32>,
+    x: Vec<f32>,
     /// Quantized activations.
-    pub q: QuantX,
+    q: QuantX,
+    reordered: bool,
+    int8: bool,
 }
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -250,14 +258,26 @@ fn with_decode_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-/// Rows per rayon task: enough tasks to balance the threads, few enough to amortise.
-fn chunk_rows(rows: usize, per_row_bytes: usize) -> usize {
+/// Rows per rayon task for a job of `rows` in a batch of `total_rows`: enough tasks to
+/// balance the threads, few enough to amortise.
+fn chunk_rows(rows: usize, per_row_bytes: usize, total_rows: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
-    let target = rows.div_ceil(threads * 8);
+    // About 8 tasks per thread over the whole batch, shared out by rows.
+    let tasks = (threads * 8 * rows / total_rows.max(rows)).max(1);
+    let target = rows.div_ceil(tasks);
     // At least ~64 KB of weights per task.
     let min_rows = (65536 / per_row_bytes.max(1)).max(4);
     let c = target.max(min_rows).min(rows.max(1));
     c.div_ceil(4) * 4
+}
+
+/// One matmul of a batch: y[m, rows] = x[m, cols] @ W^T (+ bias[rows]).
+pub struct Job<'a, 'w> {
+    pub x: &'a [f32],
+    pub m: usize,
+    pub w: Weight<'w>,
+    pub bias: Option<&'a [f32]>,
+    pub out: &'a mut [f32],
 }
 
 /// y[m, rows] = x[m, cols] @ W^T (+ bias[rows]).
@@ -275,86 +295,122 @@ pub fn matmul(
     out: &mut [f32],
     scratch: &mut Scratch,
 ) {
-    let (rows, n) = (w.rows(), w.cols());
-    assert_eq!(x.len(), m * n, "matmul: x is not [m, n]");
-    assert_eq!(out.len(), m * rows, "matmul: out is not [m, rows]");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), rows, "matmul: bias is not [rows]");
-    }
-    if m == 0 || rows == 0 {
-        return;
-    }
-    let gemm = m >= GEMM_MIN_ROWS;
-    let int8 = precision != Precision::F32 && !gemm && matches!(w, Weight::Mxfp4 { .. });
+    matmul_batch(isa, precision, &mut [Job { x, m, w: *w, bias, out }], scratch);
+}
+
+/// Activations of one job, prepared for its kernels.
+struct Prepared<'a> {
+    xs: &'a [f32],
+    q: Option<&'a QuantX>,
+}
+
+/// Several independent matmuls in one parallel dispatch (the q/k/v projections, the
+/// experts of a layer): their output rows are split into tasks together, so the
+/// threads start once and stay busy across all of them.
+pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], scratch: &mut Scratch) {
     let two = precision == Precision::Int16;
-    if int8 {
-        scratch.q.quantize(q_layout(isa), two, x, m, n);
+    if scratch.jobs.len() < jobs.len() {
+        scratch.jobs.resize_with(jobs.len(), Default::default);
     }
-    let xs: &[f32] = match w.x_layout(isa) {
-        _ if int8 => x,
-        XLayout::Natural => x,
-        layout => {
-            let buf = &mut scratch.x;
-            if buf.len() < m * n {
-                buf.resize(m * n, 0.0);
+    // Per job: checks, then its activations in the order (or quantization) its kernels read.
+    for (job, js) in jobs.iter().zip(scratch.jobs.iter_mut()) {
+        let (rows, n, m) = (job.w.rows(), job.w.cols(), job.m);
+        assert_eq!(job.x.len(), m * n, "matmul: x is not [m, n]");
+        assert_eq!(job.out.len(), m * rows, "matmul: out is not [m, rows]");
+        if let Some(b) = job.bias {
+            assert_eq!(b.len(), rows, "matmul: bias is not [rows]");
+        }
+        js.int8 = precision != Precision::F32 && m < GEMM_MIN_ROWS && matches!(job.w, Weight::Mxfp4 { .. });
+        js.reordered = false;
+        if m == 0 {
+            continue;
+        }
+        if js.int8 {
+            js.q.quantize(q_layout(isa), two, job.x, m, n);
+        } else if let layout @ (XLayout::Split | XLayout::Planes) = job.w.x_layout(isa) {
+            if js.x.len() < m * n {
+                js.x.resize(m * n, 0.0);
             }
-            for (xr, or) in x.chunks_exact(n).zip(buf[..m * n].chunks_exact_mut(n)) {
+            for (xr, or) in job.x.chunks_exact(n).zip(js.x[..m * n].chunks_exact_mut(n)) {
                 layout::reorder(layout, xr, or);
             }
-            &buf[..m * n]
+            js.reordered = true;
         }
+    }
+    let prepared: Vec<Prepared> = jobs
+        .iter()
+        .zip(scratch.jobs.iter())
+        .map(|(job, js)| Prepared {
+            xs: if js.reordered { &js.x[..job.m * job.w.cols()] } else { job.x },
+            q: if js.int8 { Some(&js.q) } else { None },
+        })
+        .collect();
+    // Tasks: (job, first row, end row) over every job's rows.
+    let mut tasks = Vec::new();
+    let total_rows: usize = jobs.iter().map(|j| j.w.rows()).sum();
+    for (ji, job) in jobs.iter().enumerate() {
+        let rows = job.w.rows();
+        if job.m == 0 || rows == 0 {
+            continue;
+        }
+        let chunk = chunk_rows(rows, job.w.nbytes() / rows, total_rows);
+        for r0 in (0..rows).step_by(chunk) {
+            tasks.push((ji, r0, (r0 + chunk).min(rows)));
+        }
+    }
+    let outs: Vec<OutPtr> = jobs.iter_mut().map(|j| OutPtr(j.out.as_mut_ptr())).collect();
+    let jobs = &*jobs;
+    tasks.into_par_iter().for_each(|(ji, r0, r1)| {
+        let job = &jobs[ji];
+        run_task(isa, two, job, &prepared[ji], outs[ji], r0, r1);
+    });
+}
+
+/// Output rows r0..r1 of one job.
+fn run_task(isa: Isa, two: bool, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usize) {
+    let (w, m, n, rows) = (&job.w, job.m, job.w.cols(), job.w.rows());
+    let write = |i: usize, r: usize, v: f32| {
+        let v = v + job.bias.map_or(0.0, |b| b[r]);
+        // SAFETY: i < m and r in this task's r0..r1: each element written by one task.
+        unsafe { *optr.0.add(i * rows + r) = v };
     };
-    let qx = &scratch.q;
-    let per_row_bytes = w.nbytes() / rows;
-    let chunk = chunk_rows(rows, per_row_bytes);
-    let ntasks = rows.div_ceil(chunk);
-    let optr = OutPtr(out.as_mut_ptr());
-    (0..ntasks).into_par_iter().for_each(|t| {
-        let optr = optr;
-        let (r0, r1) = (t * chunk, ((t + 1) * chunk).min(rows));
-        let write = |i: usize, r: usize, v: f32| {
-            let v = v + bias.map_or(0.0, |b| b[r]);
-            // SAFETY: i < m and r in this task's r0..r1: each element written by one task.
-            unsafe { *optr.0.add(i * rows + r) = v };
-        };
-        if !gemm {
-            for i in 0..m {
-                let xi = &xs[i * n..(i + 1) * n];
-                let qi = if int8 { Some(qx.row(i)) } else { None };
-                for r in (r0..r1).step_by(4) {
-                    let rr = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)];
-                    let d = match &qi {
-                        Some(q) if two => dot4_int8::<true>(isa, q, w, rr),
-                        Some(q) => dot4_int8::<false>(isa, q, w, rr),
-                        None => dot4(isa, xi, w, rr),
-                    };
-                    for k in 0..(r1 - r).min(4) {
-                        write(i, r + k, d[k]);
-                    }
+    if m < GEMM_MIN_ROWS {
+        for i in 0..m {
+            let xi = &p.xs[i * n..(i + 1) * n];
+            let qi = p.q.map(|q| q.row(i));
+            for r in (r0..r1).step_by(4) {
+                let rr = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)];
+                let d = match &qi {
+                    Some(q) if two => dot4_int8::<true>(isa, q, w, rr),
+                    Some(q) => dot4_int8::<false>(isa, q, w, rr),
+                    None => dot4(isa, xi, w, rr),
+                };
+                for k in 0..(r1 - r).min(4) {
+                    write(i, r + k, d[k]);
                 }
             }
-            return;
         }
-        let nr = r1 - r0;
-        with_decode_buffer(nr * n, |dec| {
-            for j in 0..nr {
-                decode_row(isa, w, r0 + j, &mut dec[j * n..(j + 1) * n]);
-            }
-            let xrow = |i: usize| &xs[i.min(m - 1) * n..(i.min(m - 1) + 1) * n];
-            let wrow = |j: usize| &dec[j.min(nr - 1) * n..(j.min(nr - 1) + 1) * n];
-            for i in (0..m).step_by(4) {
-                let xt = [xrow(i), xrow(i + 1), xrow(i + 2), xrow(i + 3)];
-                for j in (0..nr).step_by(4) {
-                    let wt = [wrow(j), wrow(j + 1), wrow(j + 2), wrow(j + 3)];
-                    let d = tile(isa, xt, wt, n);
-                    for a in 0..(m - i).min(4) {
-                        for b in 0..(nr - j).min(4) {
-                            write(i + a, r0 + j + b, d[a][b]);
-                        }
+        return;
+    }
+    let nr = r1 - r0;
+    with_decode_buffer(nr * n, |dec| {
+        for j in 0..nr {
+            decode_row(isa, w, r0 + j, &mut dec[j * n..(j + 1) * n]);
+        }
+        let xrow = |i: usize| &p.xs[i.min(m - 1) * n..(i.min(m - 1) + 1) * n];
+        let wrow = |j: usize| &dec[j.min(nr - 1) * n..(j.min(nr - 1) + 1) * n];
+        for i in (0..m).step_by(4) {
+            let xt = [xrow(i), xrow(i + 1), xrow(i + 2), xrow(i + 3)];
+            for j in (0..nr).step_by(4) {
+                let wt = [wrow(j), wrow(j + 1), wrow(j + 2), wrow(j + 3)];
+                let d = tile(isa, xt, wt, n);
+                for a in 0..(m - i).min(4) {
+                    for b in 0..(nr - j).min(4) {
+                        write(i + a, r0 + j + b, d[a][b]);
                     }
                 }
             }
-        });
+        }
     });
 }
 

@@ -25,7 +25,7 @@ use super::rope::Rope;
 use super::weights::Layer;
 use super::Model;
 use crate::error::{Error, Result};
-use crate::kernels::{self, Weight};
+use crate::kernels::{self, Job, Weight};
 use crate::runtime::kv_cache::{KvCache, LayerKv};
 use crate::runtime::Logits;
 use rayon::prelude::*;
@@ -112,6 +112,27 @@ pub fn route(logits: &[f32], k: usize, order: &mut Vec<usize>, out: &mut Vec<(us
 thread_local! {
     /// Attention scores of one task (grown once per thread, then reused).
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One matmul job per expert group: rows first..end of `x` [R, n_in] through the
+/// expert's weight into the same rows of `out` [R, n_out].
+fn expert_jobs<'a, 'w>(
+    groups: &[(usize, usize, usize)],
+    x: &'a [f32],
+    n_in: usize,
+    out: &'a mut [f32],
+    n_out: usize,
+    weight: impl Fn(usize) -> (Weight<'w>, &'a [f32]),
+) -> Vec<Job<'a, 'w>> {
+    let mut jobs = Vec::with_capacity(groups.len());
+    let mut rest = out;
+    for &(e, first, end) in groups {
+        let (mine, tail) = std::mem::take(&mut rest).split_at_mut((end - first) * n_out);
+        rest = tail;
+        let (w, bias) = weight(e);
+        jobs.push(Job { x: &x[first * n_in..end * n_in], m: end - first, w, bias: Some(bias), out: mine });
+    }
+    jobs
 }
 
 /// Pointer for parallel tasks that write disjoint parts of one buffer.
@@ -276,9 +297,13 @@ impl Model {
         let q = buf(&mut ws.q, t_n * q_dim);
         let k = buf(&mut ws.k, t_n * kv_dim);
         let v = buf(&mut ws.v, t_n * kv_dim);
-        self.matmul(h, t_n, &layer.q.weight(ck), Some(&layer.q_bias), q, &mut ws.scratch);
-        self.matmul(h, t_n, &layer.k.weight(ck), Some(&layer.k_bias), k, &mut ws.scratch);
-        self.matmul(h, t_n, &layer.v.weight(ck), Some(&layer.v_bias), v, &mut ws.scratch);
+        let mut qkv = [
+            Job { x: h, m: t_n, w: layer.q.weight(ck), bias: Some(&layer.q_bias), out: q },
+            Job { x: h, m: t_n, w: layer.k.weight(ck), bias: Some(&layer.k_bias), out: k },
+            Job { x: h, m: t_n, w: layer.v.weight(ck), bias: Some(&layer.v_bias), out: v },
+        ];
+        kernels::matmul_batch(self.isa, self.precision, &mut qkv, &mut ws.scratch);
+        let [Job { out: q, .. }, Job { out: k, .. }, Job { out: v, .. }] = qkv;
         for t in 0..t_n {
             let (cs, sn) = (&ws.cos[t * half..(t + 1) * half], &ws.sin[t * half..(t + 1) * half]);
             for head in q[t * q_dim..(t + 1) * q_dim].chunks_exact_mut(head_dim) {
@@ -392,30 +417,37 @@ impl Model {
         }
         ws.routes.sort_by_key(|&(e, t, _)| (e, t));
 
-        let mut start = 0;
-        while start < ws.routes.len() {
-            let e = ws.routes[start].0;
-            let end = start + ws.routes[start..].iter().take_while(|r| r.0 == e).count();
-            let m = end - start;
-            // gather the expert's tokens: xin[m, H]
-            let xin = buf(&mut ws.xin, m * hd);
-            for (i, &(_, t, _)) in ws.routes[start..end].iter().enumerate() {
-                xin[i * hd..(i + 1) * hd].copy_from_slice(&h[t * hd..(t + 1) * hd]);
+        // Expert groups: runs of routes with the same expert (routes are sorted by expert).
+        let mut groups: Vec<(usize, usize, usize)> = Vec::new(); // (expert, first route, end)
+        for (i, &(e, _, _)) in ws.routes.iter().enumerate() {
+            match groups.last_mut() {
+                Some(g) if g.0 == e => g.2 = i + 1,
+                _ => groups.push((e, i, i + 1)),
             }
-            // xin[m, H] @ W1[e][2I, H]^T -> gu[m, 2I]; swiglu -> act[m, I]
-            let gu = buf(&mut ws.gu, m * 2 * inter);
-            self.matmul(xin, m, &layer.mlp1.weight(ck, e), Some(layer.mlp1.bias(e)), gu, &mut ws.scratch);
-            let act = buf(&mut ws.act, m * inter);
-            swiglu(gu, c.swiglu_limit, act);
-            // act[m, I] @ W2[e][H, I]^T -> y[m, H]
-            let y = buf(&mut ws.y, m * hd);
-            self.matmul(act, m, &layer.mlp2.weight(ck, e), Some(layer.mlp2.bias(e)), y, &mut ws.scratch);
-            for (i, &(_, t, wgt)) in ws.routes[start..end].iter().enumerate() {
-                for (xv, &yv) in ws.x[t * hd..(t + 1) * hd].iter_mut().zip(&y[i * hd..(i + 1) * hd]) {
-                    *xv += wgt * yv;
-                }
+        }
+        let r_n = ws.routes.len();
+        // gather each route's token: xin[R, H], grouped by expert
+        let xin = buf(&mut ws.xin, r_n * hd);
+        for (i, &(_, t, _)) in ws.routes.iter().enumerate() {
+            xin[i * hd..(i + 1) * hd].copy_from_slice(&h[t * hd..(t + 1) * hd]);
+        }
+        // every expert at once: xin[m_e, H] @ W1[e][2I, H]^T -> gu[m_e, 2I]
+        let gu = buf(&mut ws.gu, r_n * 2 * inter);
+        let mut jobs = expert_jobs(&groups, xin, hd, gu, 2 * inter, |e| (layer.mlp1.weight(ck, e), layer.mlp1.bias(e)));
+        kernels::matmul_batch(self.isa, self.precision, &mut jobs, &mut ws.scratch);
+        drop(jobs);
+        // swiglu -> act[R, I]; act[m_e, I] @ W2[e][H, I]^T -> y[m_e, H]
+        let act = buf(&mut ws.act, r_n * inter);
+        swiglu(gu, c.swiglu_limit, act);
+        let y = buf(&mut ws.y, r_n * hd);
+        let mut jobs = expert_jobs(&groups, act, inter, y, hd, |e| (layer.mlp2.weight(ck, e), layer.mlp2.bias(e)));
+        kernels::matmul_batch(self.isa, self.precision, &mut jobs, &mut ws.scratch);
+        drop(jobs);
+        // x[t] += weight * y[route]
+        for (i, &(_, t, wgt)) in ws.routes.iter().enumerate() {
+            for (xv, &yv) in ws.x[t * hd..(t + 1) * hd].iter_mut().zip(&y[i * hd..(i + 1) * hd]) {
+                *xv += wgt * yv;
             }
-            start = end;
         }
     }
 
