@@ -100,8 +100,11 @@ def _check_matmul(x, blocks, scales, bias, got, rel=1e-5):
     if bias is not None:
         want = want + bias
         mag = mag + np.abs(bias)
-    # 2^-149 per term: f32 cannot resolve less than its smallest subnormal.
-    bound = rel * mag + x.shape[1] * 2.0**-149
+    # Underflow floor: the kernels sum x * code per block and apply the block's scale
+    # (a power of two) after, so a product lost below f32's smallest subnormal (2^-149)
+    # comes back multiplied by that scale: n * 2^-149 * max(1, largest scale).
+    top = max(1.0, float(np.exp2(scales.astype(np.float64).max() - 127)))
+    bound = rel * mag + x.shape[1] * 2.0**-149 * top
     excess = np.abs(got - want) - bound
     assert np.all(excess <= 0), (float(excess.max()), np.unravel_index(excess.argmax(), excess.shape), got.ravel()[excess.argmax()], want.ravel()[excess.argmax()], mag.ravel()[excess.argmax()])
 
@@ -119,8 +122,9 @@ def test_matmul_f32_against_float64_every_path(m, out, g, data):
     # Every SIMD path against the scalar twin.
     for path, got in results.items():
         _check_matmul(x, blocks, scales, bias, got)
+        top = max(1.0, float(np.exp2(scales.astype(np.float64).max() - 127)))
         np.testing.assert_allclose(got, results["scalar"], rtol=0, atol=float(
-            np.max(2e-5 * (np.abs(x) @ np.abs(mxfp4.dequantize(blocks, scales)).T)) + 1e-30))
+            np.max(2e-5 * (np.abs(x) @ np.abs(mxfp4.dequantize(blocks, scales)).T)) + 2 * x.shape[1] * 2.0**-149 * top))
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 97), (3, 2880, 90), (5, 7, 97), (1, 2880, 90)])
@@ -158,7 +162,8 @@ def test_matmul_int8_int16_within_their_stated_bounds_every_path(m, out, g, data
     x64 = x.astype(np.float64)
     amax = np.abs(x64).reshape(m, g, 32).max(-1)  # [m, g]
     wsum = np.abs(w).reshape(out, g, 32).sum(-1)  # [out, g]
-    bound = amax / per @ wsum.T + 1e-5 * (np.abs(x64) @ np.abs(w).T) + g * 32 * 2.0**-149
+    top = max(1.0, float(np.exp2(scales.astype(np.float64).max() - 127)))  # underflow floor, as above
+    bound = amax / per @ wsum.T + 1e-5 * (np.abs(x64) @ np.abs(w).T) + g * 32 * 2.0**-149 * top
     want = x64 @ w.T
     results = {}
     for path in kernel_paths():
@@ -166,7 +171,7 @@ def test_matmul_int8_int16_within_their_stated_bounds_every_path(m, out, g, data
         assert np.all(np.abs(got - want) <= bound), path
         results[path] = got
     for got in results.values():  # same integer sums on every path: f32 rounding only
-        assert np.all(np.abs(got - results["scalar"]) <= 1e-5 * (np.abs(x64) @ np.abs(w).T) + 1e-30)
+        assert np.all(np.abs(got - results["scalar"]) <= 1e-5 * (np.abs(x64) @ np.abs(w).T) + g * 64 * 2.0**-149 * top)
 
 
 @settings(max_examples=150, deadline=None)

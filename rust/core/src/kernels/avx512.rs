@@ -357,3 +357,57 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool>(
     }
     out
 }
+
+/// 4x4 tile of dot products straight from bf16 weight rows (widened in registers, no
+/// decoded copy): x rows in the `Split` layout, n values.
+///
+/// # Safety
+/// avx512f/bw/vl; each x row holds n values and each weight row 2n bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn bf16_tile(x: [&[f32]; 4], w: [&[u8]; 4], n: usize) -> [[f32; 4]; 4] {
+    for i in 0..4 {
+        debug_assert!(x[i].len() >= n && w[i].len() >= 2 * n);
+    }
+    let full = n / 32 * 32;
+    let mut total = [[_mm512_setzero_ps(); 4]; 4];
+    let mut k = 0;
+    while k < full {
+        // Partial sums over 256 values, then added into `total` (bounded rounding growth).
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        let end = (k + 256).min(full);
+        while k < end {
+            let wv = [
+                widen32(w[0].as_ptr().add(2 * k)),
+                widen32(w[1].as_ptr().add(2 * k)),
+                widen32(w[2].as_ptr().add(2 * k)),
+                widen32(w[3].as_ptr().add(2 * k)),
+            ];
+            for i in 0..4 {
+                let xe = _mm512_loadu_ps(x[i].as_ptr().add(k));
+                let xo = _mm512_loadu_ps(x[i].as_ptr().add(k + 16));
+                for j in 0..4 {
+                    acc[i][j] = _mm512_fmadd_ps(wv[j].0, xe, acc[i][j]);
+                    acc[i][j] = _mm512_fmadd_ps(wv[j].1, xo, acc[i][j]);
+                }
+            }
+            k += 32;
+        }
+        for i in 0..4 {
+            for j in 0..4 {
+                total[i][j] = _mm512_add_ps(total[i][j], acc[i][j]);
+            }
+        }
+    }
+    let mut out = [[0f32; 4]; 4];
+    for i in 0..4 {
+        for j in 0..4 {
+            let mut s = hsum(total[i][j]);
+            // Tail (< 32 values) is in natural order.
+            for kk in full..n {
+                s += x[i][kk] * crate::bf16::to_f32(w[j][2 * kk], w[j][2 * kk + 1]);
+            }
+            out[i][j] = s;
+        }
+    }
+    out
+}

@@ -392,12 +392,30 @@ fn run_task(isa: Isa, two: bool, job: &Job, p: &Prepared, optr: OutPtr, r0: usiz
         }
         return;
     }
+    let xrow = |i: usize| &p.xs[i.min(m - 1) * n..(i.min(m - 1) + 1) * n];
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && matches!(w, Weight::Bf16 { .. }) {
+        // bf16 rows widen in registers: no decoded copy to write and read back.
+        for i in (0..m).step_by(4) {
+            let xt = [xrow(i), xrow(i + 1), xrow(i + 2), xrow(i + 3)];
+            for r in (r0..r1).step_by(4) {
+                let wt = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)].map(|r| w.bf16_row(r));
+                // SAFETY: the path was selected for this CPU; rows hold n values / 2n bytes.
+                let d = unsafe { avx512::bf16_tile(xt, wt, n) };
+                for a in 0..(m - i).min(4) {
+                    for b in 0..(r1 - r).min(4) {
+                        write(i + a, r + b, d[a][b]);
+                    }
+                }
+            }
+        }
+        return;
+    }
     let nr = r1 - r0;
     with_decode_buffer(nr * n, |dec| {
         for j in 0..nr {
             decode_row(isa, w, r0 + j, &mut dec[j * n..(j + 1) * n]);
         }
-        let xrow = |i: usize| &p.xs[i.min(m - 1) * n..(i.min(m - 1) + 1) * n];
         let wrow = |j: usize| &dec[j.min(nr - 1) * n..(j.min(nr - 1) + 1) * n];
         for i in (0..m).step_by(4) {
             let xt = [xrow(i), xrow(i + 1), xrow(i + 2), xrow(i + 3)];
