@@ -53,3 +53,17 @@ def test_synth_refuses_non_empty_folder(tmp_path):
     r = run("synth", str(tmp_path / "x"), "--preset", "tiny")
     assert r.returncode == 1 and "not empty" in r.stderr
     assert (tmp_path / "x" / "f").read_text() == "keep me"
+
+
+def test_chat_repl_commands(tiny_model_dir, tmp_path):
+    env = dict(os.environ, GPTOSS_NATIVE_CACHE=str(tmp_path / "cache"))
+    script = "Hello there\n/effort high\n/effort max\nAnother question\n/reset\n/quit\n"
+    r = subprocess.run(
+        [sys.executable, "-m", "gptoss_native", "chat", str(tiny_model_dir), "--max-new-tokens", "4", "--seed", "1",
+         "--show-reasoning"],
+        input=script, capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "(reasoning effort: high)" in out and "usage: /effort low|medium|high" in out
+    assert "(conversation reset)" in out

@@ -103,6 +103,11 @@ def test_chat_non_streaming_and_streaming(server):
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 8
     assert any(ch.choices and ch.choices[0].finish_reason for ch in chunks)
+    lp = c.chat.completions.create(model="gpt-oss-test", messages=msgs, max_tokens=3, seed=2, logprobs=True,
+                                   top_logprobs=2)
+    content = lp.choices[0].logprobs.content
+    assert len(content) == lp.usage.completion_tokens
+    assert all(e.logprob <= 0 and len(e.top_logprobs) == 2 for e in content)
     # The same conversation again reuses the cached prefix.
     r2 = c.chat.completions.create(model="gpt-oss-test", messages=msgs, max_tokens=4, seed=1)
     assert r2.usage.prompt_tokens_details.cached_tokens >= r2.usage.prompt_tokens - 1

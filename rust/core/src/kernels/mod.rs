@@ -53,6 +53,8 @@ use std::cell::RefCell;
 
 /// m from which the GEMM path is taken.
 pub const GEMM_MIN_ROWS: usize = 4;
+/// Weight rows per GEMM task (their decoded f32 copy, 64 x 2880 x 4 bytes, stays in L2).
+const GEMM_MAX_TASK_ROWS: usize = 64;
 
 /// A weight matrix [rows, cols] borrowed from a checkpoint (or any byte buffer).
 #[derive(Clone, Copy, Debug)]
@@ -353,7 +355,11 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
         if job.m == 0 || rows == 0 {
             continue;
         }
-        let chunk = chunk_rows(rows, job.w.nbytes() / rows, total_rows);
+        let mut chunk = chunk_rows(rows, job.w.nbytes() / rows, total_rows);
+        if job.m >= GEMM_MIN_ROWS {
+            // The GEMM path decodes its rows into a per-thread buffer: keep that in cache.
+            chunk = chunk.min(GEMM_MAX_TASK_ROWS);
+        }
         for r0 in (0..rows).step_by(chunk) {
             tasks.push((ji, r0, (r0 + chunk).min(rows)));
         }
