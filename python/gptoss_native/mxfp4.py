@@ -59,7 +59,8 @@ def matmul(
     block of x to int8 (d = amax/127) for m < 4 (the GEMV path; larger m stays f32):
     the error is at most sum over blocks of amax_b/254 * sum|w_b|, plus f32 rounding.
     `precision="int16"` adds a second int8 limb for the remainder: the same bound with
-    amax_b/64516.
+    amax_b/64516. Blocks with amax below 2^-100 quantize to zero (adding at most
+    amax_b * sum|w_b| each).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")

@@ -61,6 +61,11 @@ pub struct QRow<'a> {
     pub lane_neg_corr2: &'a [i32],
 }
 
+/// Blocks whose amax is below this (2^-100) quantize to zero: their scale d = amax/127
+/// would be an f32 subnormal without the precision the bound needs. They add at most
+/// amax_b * sum|w_b| each to a result's error.
+pub const TINY: f32 = 7.888_609e-31;
+
 /// Weight of the second limb.
 pub const LIMB2: f32 = 1.0 / 254.0;
 
@@ -110,7 +115,9 @@ impl QuantX {
             for b in 0..nb {
                 let xb = &x[i * n + b * BLOCK..i * n + (b + 1) * BLOCK];
                 let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let (d, inv) = if amax > 0.0 && amax.is_finite() { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) };
+                let finite = xb.iter().all(|v| v.is_finite());
+                // Blocks below TINY (where d would be subnormal) quantize to zero.
+                let (d, inv) = if amax >= TINY && finite { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) };
                 let (mut sum, mut sum2) = (0i32, 0i32);
                 // Round to nearest even by the 1.5 * 2^23 trick (|v * inv| <= 127).
                 const MAGIC: f32 = 12_582_912.0;
@@ -126,7 +133,7 @@ impl QuantX {
                     }
                 }
                 // A non-finite block makes its result NaN, as f32 arithmetic would.
-                self.half_d[i * nb + b] = if amax.is_finite() { d * 0.5 } else { f32::NAN };
+                self.half_d[i * nb + b] = if finite { d * 0.5 } else { f32::NAN };
                 self.corr[i * nb + b] = 12 * sum;
                 let lane0 = i * groups * 16;
                 place(
