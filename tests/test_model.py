@@ -444,3 +444,21 @@ def test_hub_id_resolves_through_the_local_cache(tmp_path, monkeypatch):
     assert np.max(np.abs(m.forward(g["input_ids"][0])[g["logits_positions"]] - g["logits"][0])) <= 1e-4
     with pytest.raises(gn.CheckpointError, match="not in the Hugging Face cache"):
         gn.load("acme/not-there")
+
+
+def test_long_inputs_are_prefilled_in_chunks_with_the_same_logits(tiny_model_dir):
+    """Session.append feeds > 512 tokens in chunks; the result matches small appends."""
+    m = gn.load(tiny_model_dir, precision="f32", max_context=2048)
+    ids = np.random.default_rng(4).integers(0, 199000, 1100).tolist()
+    s = m.session()
+    whole = s.append(ids, logits="all")
+    assert whole.shape == (1100, m.config.vocab_size) and len(s) == 1100
+    small = m.session()
+    rows = [small.append(ids[i : i + 97], logits="all") for i in range(0, 1100, 97)]
+    assert np.max(np.abs(np.concatenate(rows) - whole)) <= 1e-5
+    last = m.session().append(ids)
+    assert np.max(np.abs(last[0] - whole[-1])) <= 1e-5
+    bad = m.session()
+    with pytest.raises(ValueError, match="out of range"):
+        bad.append(ids[:700] + [m.config.vocab_size])
+    assert len(bad) == 0  # nothing was appended

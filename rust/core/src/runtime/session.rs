@@ -6,6 +6,9 @@ use crate::model::forward::{Segment, Workspace};
 use crate::model::Model;
 use std::sync::Arc;
 
+/// Tokens per forward pass when a session is fed a long input.
+pub const PREFILL_CHUNK: usize = 512;
+
 /// Which positions' logits `append` computes (lm_head runs only there).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -36,9 +39,28 @@ impl Session {
     }
 
     /// Feed `ids` after what is cached; returns logits [rows, vocab] as asked.
+    ///
+    /// Long inputs go through in chunks of `PREFILL_CHUNK` tokens, which bounds the
+    /// activations' memory (an 8k-token prompt in one pass would need ~2.5 GB of them for
+    /// gpt-oss-20b) while keeping batches large enough to read each expert once per chunk.
     pub fn append(&mut self, ids: &[u32], logits: Logits) -> Result<Vec<f32>> {
-        let out = self.model.forward(&mut self.cache, &mut self.ws, ids, logits, None)?;
-        self.tokens.extend_from_slice(ids);
+        // Check everything before the first chunk changes the cache.
+        self.cache.check_room(ids.len())?;
+        let vocab = self.model.config.vocab_size;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::Value(format!("token id {bad} is out of range for the vocabulary of {vocab}")));
+        }
+        let mut out = Vec::new();
+        let chunks = ids.len().div_ceil(PREFILL_CHUNK).max(1);
+        for (i, chunk) in ids.chunks(PREFILL_CHUNK).enumerate() {
+            let want = match logits {
+                Logits::Last if i + 1 < chunks => Logits::None,
+                other => other,
+            };
+            let part = self.model.forward(&mut self.cache, &mut self.ws, chunk, want, None)?;
+            self.tokens.extend_from_slice(chunk);
+            out.extend_from_slice(&part);
+        }
         Ok(out)
     }
 
