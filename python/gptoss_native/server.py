@@ -33,6 +33,8 @@ try:
 except ImportError as e:  # pragma: no cover - the optional extra is missing
     raise ImportError("the server needs its extra: pip install 'gptoss-native[server]'") from e
 
+from .generate import _common_prefix
+
 __all__ = ["create_app", "serve", "SessionPool"]
 
 MAX_BODY_BYTES = 8 << 20
@@ -193,12 +195,7 @@ class SessionPool:
             best = None
             best_len = -1
             for s in idle:
-                toks = s.session.tokens
-                n = 0
-                for a, b in zip(toks, prompt):
-                    if a != b:
-                        break
-                    n += 1
+                n = _common_prefix(s.session.tokens, prompt)
                 if n > best_len or (n == best_len and best is not None and s.last_used < best.last_used):
                     best, best_len = s, n
             if best is None or (best_len == 0 and len(self._slots) < self._size):

@@ -214,25 +214,6 @@ pub unsafe fn bf16_dot4(x: &[f32], rows: [&[u8]; 4]) -> [f32; 4] {
     out
 }
 
-/// Widen one bf16 row to f32 in the `Split` layout.
-///
-/// # Safety
-/// avx512f/bw/vl; `row.len() >= 2 * out.len()`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub unsafe fn bf16_decode(row: &[u8], out: &mut [f32]) {
-    let n = out.len();
-    debug_assert!(row.len() >= 2 * n);
-    let full = n / 32 * 32;
-    let mut k = 0;
-    while k < full {
-        let (even, odd) = widen32(row.as_ptr().add(2 * k));
-        _mm512_storeu_ps(out.as_mut_ptr().add(k), even);
-        _mm512_storeu_ps(out.as_mut_ptr().add(k + 16), odd);
-        k += 32;
-    }
-    crate::bf16::widen(&row[2 * full..2 * n], &mut out[full..]);
-}
-
 /// 4x4 tile of dot products over the first `n` elements.
 ///
 /// # Safety

@@ -189,7 +189,7 @@ fn decode_row(isa: Isa, w: &Weight, r: usize, out: &mut [f32]) {
             let row = w.bf16_row(r);
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { avx512::bf16_decode(row, out) },
+                Isa::Avx512 => unreachable!("AVX-512 bf16 GEMMs widen in registers (avx512::bf16_tile)"),
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { avx2::bf16_decode(row, out) },
                 _ => generic::bf16_decode(row, out),
@@ -237,9 +237,9 @@ fn tile(isa: Isa, x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4] {
     }
 }
 
-/// Output pointer shared by tasks that write disjoint elements.
+/// Output pointer shared by parallel tasks that write disjoint elements.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
@@ -247,9 +247,14 @@ thread_local! {
     static DECODED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Run `f` with a thread-local f32 buffer of `len` elements (grown once, then reused).
-fn with_decode_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    DECODED.with(|cell| match cell.try_borrow_mut() {
+/// Run `f` with a thread-local f32 buffer of `len` elements from `key` (grown once, then
+/// reused; a fresh one if the thread's buffer is already in use).
+pub(crate) fn with_thread_buffer<R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
                 buf.resize(len, 0.0);
@@ -418,7 +423,7 @@ fn run_task(isa: Isa, two: bool, job: &Job, p: &Prepared, optr: OutPtr, r0: usiz
         return;
     }
     let nr = r1 - r0;
-    with_decode_buffer(nr * n, |dec| {
+    with_thread_buffer(&DECODED, nr * n, |dec| {
         for j in 0..nr {
             decode_row(isa, w, r0 + j, &mut dec[j * n..(j + 1) * n]);
         }

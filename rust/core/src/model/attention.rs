@@ -79,19 +79,16 @@ fn body(g: &Group, scores: &mut [f32], out: &mut [f32]) {
             scores[h * n + j] = dot(&g.q[h * hd..(h + 1) * hd], kr) * g.scale;
         }
     }
-    let mut inv = [0f32; 64];
+    // Softmax over keys + sink, per head, in place (the sink's share is left out).
     for h in 0..group {
         let s = &mut scores[h * n..(h + 1) * n];
         let max = s.iter().fold(g.sinks[h], |m, &x| m.max(x));
         for x in s.iter_mut() {
             *x = exp(*x - max);
         }
-        let denom = s.iter().sum::<f32>() + exp(g.sinks[h] - max);
-        inv[h % 64] = 1.0 / denom;
-        if group > 64 {
-            for x in s.iter_mut() {
-                *x *= inv[h % 64];
-            }
+        let inv = 1.0 / (s.iter().sum::<f32>() + exp(g.sinks[h] - max));
+        for x in s.iter_mut() {
+            *x *= inv;
         }
     }
     out.fill(0.0);
@@ -99,7 +96,7 @@ fn body(g: &Group, scores: &mut [f32], out: &mut [f32]) {
         let row = (g.lo + j) * g.kv_dim + g.off;
         let vr = &g.v[row..row + hd];
         for h in 0..group {
-            let p = if group > 64 { scores[h * n + j] } else { scores[h * n + j] * inv[h] };
+            let p = scores[h * n + j];
             let o = &mut out[h * hd..(h + 1) * hd];
             for (o, &x) in o.iter_mut().zip(vr) {
                 *o += p * x;

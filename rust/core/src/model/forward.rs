@@ -25,7 +25,7 @@ use super::rope::Rope;
 use super::weights::Layer;
 use super::Model;
 use crate::error::{Error, Result};
-use crate::kernels::{self, Job, Weight};
+use crate::kernels::{self, with_thread_buffer, Job, OutPtr, Weight};
 use crate::runtime::kv_cache::{KvCache, LayerKv};
 use crate::runtime::Logits;
 use rayon::prelude::*;
@@ -134,12 +134,6 @@ fn expert_jobs<'a, 'w>(
     }
     jobs
 }
-
-/// Pointer for parallel tasks that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct Disjoint(*mut f32);
-unsafe impl Send for Disjoint {}
-unsafe impl Sync for Disjoint {}
 
 impl Model {
     fn matmul(
@@ -356,7 +350,7 @@ impl Model {
             Attention::Sliding => Some(c.sliding_window),
             Attention::Full => None,
         };
-        let optr = Disjoint(out.as_mut_ptr());
+        let optr = OutPtr(out.as_mut_ptr());
         (0..t_n * nkv).into_par_iter().for_each(|task| {
             let optr = optr;
             let (t, g) = (task / nkv, task % nkv);
@@ -379,15 +373,8 @@ impl Model {
             let o = unsafe {
                 std::slice::from_raw_parts_mut(optr.0.add(t * q_dim + heads.start * head_dim), group * head_dim)
             };
-            SCORES.with(|cell| match cell.try_borrow_mut() {
-                Ok(mut buf) => {
-                    let need = group * args.nkeys;
-                    if buf.len() < need {
-                        buf.resize(need, 0.0);
-                    }
-                    attention::attend_group(self.isa, &args, &mut buf, o)
-                }
-                Err(_) => attention::attend_group(self.isa, &args, &mut vec![0.0; group * args.nkeys], o),
+            with_thread_buffer(&SCORES, group * args.nkeys, |scores| {
+                attention::attend_group(self.isa, &args, scores, o)
             });
         });
     }
