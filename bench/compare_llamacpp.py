@@ -10,7 +10,8 @@ Steps (each skipped when its output already exists in --workdir):
      ../shared/tokenizer/tokenizer.json for the converter;
   3. convert it with llama.cpp's own convert_hf_to_gguf.py (in a venv with torch and
      transformers from PyPI: a multi-GB download, once): "A" is the converter's default
-     (attention/embedding/output stay bf16, experts stay MXFP4), "B" (--q8) is --outtype q8_0;
+     (attention/embedding/output stay bf16, experts stay MXFP4), "B" (--q8) is --outtype q8_0,
+     compared with our opt-in `--precision q8` (attention and lm_head in int8);
   4. run llama-bench and `gptoss-native bench` alternately, reading each model file into the
      page cache before each timed run, and print every figure and the ratio ours / llama.cpp.
 
@@ -113,8 +114,9 @@ def run_llama(src: Path, gguf: Path, threads: int, depth: int | None) -> dict:
     return out
 
 
-def run_ours(model: Path, threads: int, depth: int | None) -> dict:
-    cmd = [sys.executable, "-m", "gptoss_native", "bench", model, "--threads", str(threads), "--json"]
+def run_ours(model: Path, threads: int, depth: int | None, precision: str) -> dict:
+    cmd = [sys.executable, "-m", "gptoss_native", "bench", model, "--threads", str(threads), "--json",
+           "--precision", precision]
     cmd += ["--prompt-tokens", "0", "--new-tokens", "0", "--depth", str(depth), "--depth-tokens", "32"] if depth else \
         ["--prompt-tokens", "512", "--new-tokens", "128", "--depth", "1024", "--depth-tokens", "32"]
     r = sh(cmd, capture_output=True, text=True)
@@ -151,13 +153,13 @@ def main() -> int:
             for k, v in run_llama(src, gguf, args.threads, depth).items():
                 theirs.setdefault(k, []).append(v)
             warm(model)
-            for k, v in run_ours(model, args.threads, depth).items():
+            for k, v in run_ours(model, args.threads, depth, "q8" if args.q8 else "auto").items():
                 ours.setdefault(k, []).append(v)
         print(f"rep {rep + 1}/{args.reps}: llama.cpp {theirs}\n  ours {ours}", flush=True)
 
     med = lambda d: {k: statistics.median(v) for k, v in d.items()}  # noqa: E731
     a, b = med(ours), med(theirs)
-    label = "B (q8_0)" if args.q8 else "A (default)"
+    label = "B (q8_0) vs our --precision q8" if args.q8 else "A (default) vs our default (auto)"
     print(f"\ngpt-oss-20b synthetic, {args.threads} threads, medians of {args.reps} alternating runs; llama.cpp {label}")
     print(f"{'figure':<24}{'gptoss-native':>15}{'llama.cpp':>12}{'ratio':>8}")
     for key in sorted(set(a) | set(b)):

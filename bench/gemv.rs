@@ -51,7 +51,13 @@ fn main() {
     let in_cache = args.iter().any(|a| a == "--cache");
     let (isa, why) = cpu::select(None).expect("kernel path");
     // --int8: the "int8" precision for the MXFP4 cases (activations quantized per block).
-    let precision = if args.iter().any(|a| a == "--int8") { kernels::Precision::Int8 } else { kernels::Precision::F32 };
+    let precision = if args.iter().any(|a| a == "--int8") {
+        kernels::Precision::Int8
+    } else if args.iter().any(|a| a == "--int16") {
+        kernels::Precision::Int16
+    } else {
+        kernels::Precision::F32
+    };
     println!("kernels: {} ({why}); precision {precision:?}; reps {reps}", isa.name());
 
     let cases = [

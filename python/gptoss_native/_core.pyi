@@ -37,6 +37,7 @@ def load_model(
     max_context: int | None = None,
     kernels: str | None = None,
     precision: str = "f32",
+    q8: bool = False,
 ) -> CoreModel: ...
 def parse_config(text: str, file: str) -> str: ...
 

@@ -108,8 +108,11 @@ def run_bench(
         c = model.config
         h, inter, hd = c.hidden_size, c.intermediate_size, c.head_dim
         expert = (2 * inter * h + h * inter) * 17 / 32
-        attn = 2 * (h * (c.num_attention_heads + 2 * c.num_key_value_heads) * hd + h * c.num_attention_heads * hd)
-        per_token = c.num_hidden_layers * (c.num_experts_per_tok * expert + attn + 2 * c.num_local_experts * h) + 2 * c.vocab_size * h
+        # bf16 attention and lm_head: 2 bytes a weight; Q8: 34 bytes per 32.
+        wb = 34 / 32 if precision == "q8" else 2
+        attn = wb * (h * (c.num_attention_heads + 2 * c.num_key_value_heads) * hd + h * c.num_attention_heads * hd)
+        per_token = (c.num_hidden_layers * (c.num_experts_per_tok * expert + attn + 2 * c.num_local_experts * h)
+                     + wb * c.vocab_size * h)
         res["decode_weight_gb_per_token"] = per_token / 1e9
         if new_tokens:
             res["tg_fraction_of_bandwidth"] = res[f"tg{new_tokens}_tok_s"] * per_token / 1e9 / bw

@@ -212,7 +212,7 @@ def _load_for_chat(args):
     from tqdm import tqdm
 
     with tqdm(total=1, desc="loading", disable=not sys.stderr.isatty(), leave=False) as bar:
-        model = gn.load(args.model, threads=args.threads, max_context=args.max_context)
+        model = gn.load(args.model, threads=args.threads, max_context=args.max_context, precision=args.precision)
         bar.update(1)
     if getattr(args, "tokenizer", None):
         _use_tokenizer(model, Path(args.tokenizer).expanduser())
@@ -296,7 +296,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key, threads=args.threads,
-          max_context=args.max_context, max_sessions=args.max_sessions, model_name=args.model_name)
+          max_context=args.max_context, max_sessions=args.max_sessions, model_name=args.model_name,
+          precision=args.precision)
     return 0
 
 
@@ -315,6 +316,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     print(main_json(r) if args.json else format_report(r))
     return 0
+
+
+def _precision_arg(p: argparse.ArgumentParser) -> None:
+    from .model import PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto (default); f32: reference-exact; q8: attention and lm_head in int8 (faster, see README)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -342,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--seed", type=int, default=None)
         c.add_argument("--threads", type=int, default=None)
         c.add_argument("--max-context", type=int, default=None)
+        _precision_arg(c)
         c.add_argument("--tokenizer", help="tokenizer.json or o200k_base.tiktoken, if the model folder has none")
         c.set_defaults(func=cmd_chat if name == "chat" else cmd_generate)
 
@@ -354,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=None)
     v.add_argument("--max-context", type=int, default=8192, help="tokens per session (bounds memory per client)")
     v.add_argument("--max-sessions", type=int, default=4, help="sessions generating at once (others queue)")
+    _precision_arg(v)
     v.set_defaults(func=cmd_serve)
 
     b = sub.add_parser("bench", help="prefill / decode tok/s, load time, memory")
@@ -363,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--depth", type=int, default=1024, help="context depth for the second decode run (0: skip)")
     b.add_argument("--depth-tokens", type=int, default=32, help="tokens decoded at that depth")
     b.add_argument("--threads", type=int, default=None)
-    b.add_argument("--precision", choices=["auto", "f32"], default="auto")
+    _precision_arg(b)
     b.add_argument("--no-bandwidth", action="store_true", help="skip the memory bandwidth measurement")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)

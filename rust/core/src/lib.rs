@@ -3,7 +3,8 @@
 //! Layout:
 //! - [`cpu`]: CPU feature detection and the one place that picks a kernel path.
 //! - [`mxfp4`]: the MXFP4 format (E2M1 codes, E8M0 scales): decode tables, dequantize, quantize.
-//! - [`kernels`]: matmuls over MXFP4 and bf16 weights, a scalar `generic` twin beside each ISA.
+//! - [`q8`]: int8 weights with bf16 block scales (the opt-in attention/lm_head format).
+//! - [`kernels`]: matmuls over MXFP4, bf16 and Q8 weights, a scalar `generic` twin beside each ISA.
 //! - [`model`]: config, safetensors checkpoint (memory-mapped, validated), the forward pass.
 //! - [`runtime`]: KV cache and sessions.
 //!
@@ -15,6 +16,7 @@ pub mod error;
 pub mod kernels;
 pub mod model;
 pub mod mxfp4;
+pub mod q8;
 pub mod runtime;
 
 pub use error::{Error, Result};

@@ -35,7 +35,8 @@ impl Golden {
 
 fn load(name: &str, isa: Isa) -> Arc<Model> {
     Arc::new(
-        Model::load(&fixture(name), LoadOptions { max_context: Some(4096), isa, precision: Precision::F32 }).unwrap(),
+        Model::load(&fixture(name), LoadOptions { max_context: Some(4096), isa, precision: Precision::F32, q8: false })
+            .unwrap(),
     )
 }
 

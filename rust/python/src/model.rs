@@ -187,9 +187,10 @@ impl PySession {
     }
 }
 
-/// Load a model folder. `kernels` forces a kernel path (else GPTOSS_NATIVE_KERNELS, else the best).
+/// Load a model folder. `kernels` forces a kernel path (else GPTOSS_NATIVE_KERNELS, else
+/// the best); `q8` quantizes the attention and lm_head matrices to Q8 copies.
 #[pyfunction]
-#[pyo3(signature = (path, threads=None, max_context=None, kernels=None, precision="f32"))]
+#[pyo3(signature = (path, threads=None, max_context=None, kernels=None, precision="f32", q8=false))]
 fn load_model(
     py: Python<'_>,
     path: PathBuf,
@@ -197,11 +198,16 @@ fn load_model(
     max_context: Option<usize>,
     kernels: Option<&str>,
     precision: &str,
+    q8: bool,
 ) -> PyResult<PyModel> {
     let isa = select_isa(kernels)?;
     let precision = crate::parse_precision(precision)?;
     let pool = pool(threads)?;
-    let model = run_detached(py, move || Model::load(&path, LoadOptions { max_context, isa, precision }))?;
+    // Q8 quantization runs on the model's own thread pool.
+    let model = run_detached(py, move || {
+        pool.install(|| Model::load(&path, LoadOptions { max_context, isa, precision, q8 })).map(|m| (m, pool))
+    });
+    let (model, pool) = model?;
     Ok(PyModel { inner: Arc::new(model), pool })
 }
 

@@ -250,3 +250,51 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool>(
     }
     out
 }
+
+/// Q8 weights with AVX2: four rows against one quantized activation row (natural
+/// order). Per block: the codes unbiased to s8 (`xor 0x80`), `vpsignb` moves q's sign
+/// onto them so that `vpmaddubsw` takes |q| as the unsigned side (pairs at most
+/// 2*127*127: no i16 saturation), `vpmaddwd` to i32 and a horizontal sum; the float
+/// steps are then those of the scalar twin.
+///
+/// # Safety
+/// avx2/fma; `x` quantized in `Natural` order, n = 32 * nb; each `codes[r].len() >= 32 * nb`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn q8_dot4_int8<const TWO: bool>(
+    x: &super::quant::QRow,
+    codes: [&[u8]; 4],
+    scales: [&[u16]; 4],
+) -> [f32; 4] {
+    use super::quant::LIMB2;
+    let nb = scales[0].len();
+    debug_assert!(x.q.len() >= nb * BLOCK);
+    for r in 0..4 {
+        debug_assert!(codes[r].len() >= nb * BLOCK && scales[r].len() >= nb);
+    }
+    let bias = _mm256_set1_epi8(-128);
+    let ones = _mm256_set1_epi16(1);
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        let cp = codes[r].as_ptr();
+        let mut acc = 0f32;
+        for b in 0..nb {
+            let w = _mm256_xor_si256(_mm256_loadu_si256(cp.add(b * BLOCK) as *const __m256i), bias);
+            let limb = |q: *const i8| {
+                let q = _mm256_loadu_si256(q.add(b * BLOCK) as *const __m256i);
+                let p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(w, q));
+                let p32 = _mm256_madd_epi16(p16, ones);
+                let s4 = _mm_add_epi32(_mm256_castsi256_si128(p32), _mm256_extracti128_si256::<1>(p32));
+                let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
+                let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b10_11_00_01>(s4));
+                _mm_cvtsi128_si32(s4)
+            };
+            let mut v = limb(x.q.as_ptr()) as f32;
+            if TWO {
+                v += limb(x.q2.as_ptr()) as f32 * LIMB2;
+            }
+            acc += v * (2.0 * x.half_d[b]) * crate::q8::scale(scales[r][b]);
+        }
+        out[r] = acc;
+    }
+    out
+}

@@ -392,3 +392,79 @@ pub unsafe fn bf16_tile(x: [&[f32]; 4], w: [&[u8]; 4], n: usize) -> [[f32; 4]; 4
     }
     out
 }
+
+/// Q8 weights with VNNI: four rows against one quantized activation row (`Lanes`
+/// order). 64 code bytes (two blocks) per step: `vpdpbusd` sums biased-code x q
+/// products exactly into 16 dword lanes (8 per block), starting from the lanes'
+/// -128*sum(q) correction. Scales are applied per 16 blocks: their bf16 weight scales
+/// times the activation scales, one vector, permuted to each block pair's lanes.
+///
+/// # Safety
+/// avx512f/bw/vl/vnni; `x` quantized in `Lanes` order with n = 32 * nb values, where
+/// nb = `scales[0].len()`; each `codes[r].len() >= 32 * nb` and `scales[r].len() >= nb`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn q8_dot4_int8<const TWO: bool>(
+    x: &super::quant::QRow,
+    codes: [&[u8]; 4],
+    scales: [&[u16]; 4],
+) -> [f32; 4] {
+    use super::quant::LIMB2;
+    let nb = scales[0].len();
+    debug_assert!(x.q.len() >= nb * BLOCK && x.lane_neg_corr.len() >= nb * 8);
+    for r in 0..4 {
+        debug_assert!(codes[r].len() >= nb * BLOCK && scales[r].len() >= nb);
+    }
+    // Lanes 0-7 take scale 2c, lanes 8-15 scale 2c + 1.
+    let pair_idx: [__m512i; 8] = std::array::from_fn(|c| {
+        let c = 2 * c as i32;
+        _mm512_set_epi32(c + 1, c + 1, c + 1, c + 1, c + 1, c + 1, c + 1, c + 1, c, c, c, c, c, c, c, c)
+    });
+    let (qp, ncp) = (x.q.as_ptr(), x.lane_neg_corr.as_ptr());
+    let (q2p, nc2p) = (x.q2.as_ptr(), x.lane_neg_corr2.as_ptr());
+    let pairs_end = nb / 2 * 2;
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        let cp = codes[r].as_ptr();
+        let sp = scales[r].as_ptr();
+        let mut acc = _mm512_setzero_ps();
+        let mut b = 0;
+        while b < pairs_end {
+            // Up to 16 blocks (an even count) share one scale vector.
+            let count = (pairs_end - b).min(16);
+            let mask: __mmask16 = ((1u32 << count) - 1) as __mmask16;
+            let ws = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, sp.add(b) as *const i16));
+            let ws = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(ws));
+            let s16 = _mm512_mul_ps(ws, _mm512_maskz_loadu_ps(mask, x.half_d.as_ptr().add(b)));
+            for (c, idx) in pair_idx.iter().enumerate().take(count / 2) {
+                let k = (b + 2 * c) * BLOCK;
+                let v = _mm512_loadu_si512(cp.add(k) as *const __m512i);
+                let limb = |q: *const i8, nc: *const i32| {
+                    let q = _mm512_loadu_si512(q.add(k) as *const __m512i);
+                    let nc = _mm512_loadu_si512(nc.add(k / 4) as *const __m512i);
+                    _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, v, q))
+                };
+                let mut f = limb(qp, ncp);
+                if TWO {
+                    f = _mm512_fmadd_ps(limb(q2p, nc2p), _mm512_set1_ps(LIMB2), f);
+                }
+                acc = _mm512_fmadd_ps(f, _mm512_permutexvar_ps(*idx, s16), acc);
+            }
+            b += count;
+        }
+        let mut v = 2.0 * hsum(acc);
+        if pairs_end < nb {
+            // An odd last block, as the scalar twin does it.
+            let k = pairs_end * BLOCK;
+            let dot = |q: *const i8| -> i32 {
+                (0..BLOCK).map(|j| (*cp.add(k + j) as i32 - 128) * *q.add(k + j) as i32).sum()
+            };
+            let mut t = dot(qp) as f32;
+            if TWO {
+                t += dot(q2p) as f32 * LIMB2;
+            }
+            v += t * (2.0 * x.half_d[pairs_end]) * crate::q8::scale(*sp.add(pairs_end));
+        }
+        out[r] = v;
+    }
+    out
+}

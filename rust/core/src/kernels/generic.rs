@@ -94,3 +94,26 @@ pub fn mxfp4_dot4_int8<const TWO: bool>(x: &super::quant::QRow, blocks: [&[u8]; 
     }
     out
 }
+
+/// Q8 weights (biased codes, bf16 scales; see `crate::q8`) against one quantized
+/// activation row (natural order), one limb or two (`TWO`). Exact integer sums per
+/// block and limb, then scaled by the activation's d and the weight's d.
+pub fn q8_dot4_int8<const TWO: bool>(x: &super::quant::QRow, codes: [&[u8]; 4], scales: [&[u16]; 4]) -> [f32; 4] {
+    use super::quant::LIMB2;
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        let mut acc = 0f32;
+        for (b, (blk, &s)) in codes[r].chunks_exact(BLOCK).zip(scales[r]).enumerate() {
+            let dot = |q: &[i8]| -> i32 {
+                blk.iter().zip(&q[b * BLOCK..(b + 1) * BLOCK]).map(|(&c, &q)| (c as i32 - 128) * q as i32).sum()
+            };
+            let mut v = dot(x.q) as f32;
+            if TWO {
+                v += dot(x.q2) as f32 * LIMB2;
+            }
+            acc += v * (2.0 * x.half_d[b]) * crate::q8::scale(s);
+        }
+        out[r] = acc;
+    }
+    out
+}

@@ -24,8 +24,8 @@ use quant::{QLayout, QRow, QuantX};
 pub enum Precision {
     /// f32 activations: error ~1e-7 of sum|x||w| (tested: 1e-5).
     F32,
-    /// MXFP4 GEMV (m < GEMM_MIN_ROWS) with activations quantized per 32-block to int8
-    /// (see `quant`); everything else as `F32`.
+    /// MXFP4 and Q8 GEMVs (m < GEMM_MIN_ROWS) with activations quantized per 32-block
+    /// to int8 (see `quant`); everything else as `F32`.
     Int8,
     /// As `Int8` with a second int8 limb for the remainder (16-bit activations):
     /// ~250x smaller activation error than `Int8` for ~1.3x its work.
@@ -47,6 +47,8 @@ struct JobScratch {
     q: QuantX,
     reordered: bool,
     int8: bool,
+    /// A second limb (the "int16" precision).
+    two: bool,
 }
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -63,6 +65,8 @@ pub enum Weight<'a> {
     Mxfp4 { blocks: &'a [u8], scales: &'a [u8], rows: usize, cols: usize },
     /// bf16, little-endian, row-major [rows, cols].
     Bf16 { data: &'a [u8], rows: usize, cols: usize },
+    /// Q8 (see `crate::q8`): `codes` [rows, cols] (q + 128), `scales` [rows, cols/32] bf16 bits.
+    Q8 { codes: &'a [u8], scales: &'a [u16], rows: usize, cols: usize },
 }
 
 impl<'a> Weight<'a> {
@@ -79,15 +83,19 @@ impl<'a> Weight<'a> {
         Weight::Bf16 { data, rows, cols }
     }
 
+    pub fn q8(m: &'a crate::q8::Q8Matrix) -> Weight<'a> {
+        Weight::Q8 { codes: &m.codes, scales: &m.scales, rows: m.rows, cols: m.cols }
+    }
+
     pub fn rows(&self) -> usize {
         match *self {
-            Weight::Mxfp4 { rows, .. } | Weight::Bf16 { rows, .. } => rows,
+            Weight::Mxfp4 { rows, .. } | Weight::Bf16 { rows, .. } | Weight::Q8 { rows, .. } => rows,
         }
     }
 
     pub fn cols(&self) -> usize {
         match *self {
-            Weight::Mxfp4 { cols, .. } | Weight::Bf16 { cols, .. } => cols,
+            Weight::Mxfp4 { cols, .. } | Weight::Bf16 { cols, .. } | Weight::Q8 { cols, .. } => cols,
         }
     }
 
@@ -96,6 +104,7 @@ impl<'a> Weight<'a> {
         match *self {
             Weight::Mxfp4 { blocks, scales, .. } => blocks.len() + scales.len(),
             Weight::Bf16 { data, .. } => data.len(),
+            Weight::Q8 { codes, scales, .. } => codes.len() + 2 * scales.len(),
         }
     }
 
@@ -114,7 +123,20 @@ impl<'a> Weight<'a> {
             Weight::Bf16 { data, cols, .. } => {
                 Weight::Bf16 { data: &data[r0 * cols * 2..r1 * cols * 2], rows: r1 - r0, cols }
             }
+            Weight::Q8 { codes, scales, cols, .. } => Weight::Q8 {
+                codes: &codes[r0 * cols..r1 * cols],
+                scales: &scales[r0 * cols / BLOCK..r1 * cols / BLOCK],
+                rows: r1 - r0,
+                cols,
+            },
         }
+    }
+
+    /// Row `r` of a Q8 weight: (codes, scales).
+    fn q8_row(&self, r: usize) -> (&'a [u8], &'a [u16]) {
+        let Weight::Q8 { codes, scales, cols, .. } = *self else { unreachable!("not a Q8 weight") };
+        let nb = cols / BLOCK;
+        (&codes[r * cols..(r + 1) * cols], &scales[r * nb..(r + 1) * nb])
     }
 
     /// Row `r` of an MXFP4 weight: (code bytes, scale bytes).
@@ -168,6 +190,7 @@ fn dot4(isa: Isa, x: &[f32], w: &Weight, r: [usize; 4]) -> [f32; 4] {
                 _ => generic::bf16_dot4(x, rows),
             }
         }
+        Weight::Q8 { .. } => unreachable!("Q8 GEMVs take quantized activations (dot4_int8)"),
     }
 }
 
@@ -195,13 +218,29 @@ fn decode_row(isa: Isa, w: &Weight, r: usize, out: &mut [f32]) {
                 _ => generic::bf16_decode(row, out),
             }
         }
+        Weight::Q8 { .. } => {
+            // Once per row per GEMM task, reused for every row of x: not worth a SIMD twin.
+            let (c, s) = w.q8_row(r);
+            crate::q8::dequantize_row(c, s, out);
+        }
     }
 }
 
 /// "int8"/"int16" precisions: four dot products of one quantized activation row with
-/// MXFP4 rows.
+/// MXFP4 or Q8 rows.
 #[inline]
 fn dot4_int8<const TWO: bool>(isa: Isa, x: &QRow, w: &Weight, r: [usize; 4]) -> [f32; 4] {
+    if let Weight::Q8 { .. } = w {
+        let rows = r.map(|r| w.q8_row(r));
+        let (c, s) = (rows.map(|p| p.0), rows.map(|p| p.1));
+        return match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if vnni() => unsafe { avx512::q8_dot4_int8::<TWO>(x, c, s) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 | Isa::Avx2 => unsafe { avx2::q8_dot4_int8::<TWO>(x, c, s) },
+            _ => generic::q8_dot4_int8::<TWO>(x, c, s),
+        };
+    }
     let rows = r.map(|r| w.mxfp4_row(r));
     let (b, s) = (rows.map(|p| p.0), rows.map(|p| p.1));
     match isa {
@@ -219,9 +258,13 @@ fn vnni() -> bool {
     is_x86_feature_detected!("avx512vnni")
 }
 
-fn q_layout(isa: Isa) -> QLayout {
-    match isa {
-        Isa::Avx512 | Isa::Avx2 => QLayout::Grouped,
+/// The order `dot4_int8`'s kernel for this weight format reads quantized activations in.
+fn q_layout(isa: Isa, w: &Weight) -> QLayout {
+    match (isa, w) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, Weight::Q8 { .. }) if vnni() => QLayout::Lanes,
+        (_, Weight::Q8 { .. }) => QLayout::Natural,
+        (Isa::Avx512 | Isa::Avx2, _) => QLayout::Grouped,
         _ => QLayout::Natural,
     }
 }
@@ -309,6 +352,7 @@ pub fn matmul(
 struct Prepared<'a> {
     xs: &'a [f32],
     q: Option<&'a QuantX>,
+    two: bool,
 }
 
 /// Several independent matmuls in one parallel dispatch (the q/k/v projections, the
@@ -327,13 +371,21 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
         if let Some(b) = job.bias {
             assert_eq!(b.len(), rows, "matmul: bias is not [rows]");
         }
-        js.int8 = precision != Precision::F32 && m < GEMM_MIN_ROWS && matches!(job.w, Weight::Mxfp4 { .. });
+        // Q8 weights are only ever multiplied with quantized activations in GEMVs (two
+        // limbs unless the precision is "int8").
+        js.int8 = m < GEMM_MIN_ROWS
+            && match job.w {
+                Weight::Mxfp4 { .. } => precision != Precision::F32,
+                Weight::Q8 { .. } => true,
+                Weight::Bf16 { .. } => false,
+            };
         js.reordered = false;
         if m == 0 {
             continue;
         }
+        js.two = two || (precision == Precision::F32 && matches!(job.w, Weight::Q8 { .. }));
         if js.int8 {
-            js.q.quantize(q_layout(isa), two, job.x, m, n);
+            js.q.quantize(q_layout(isa, &job.w), js.two, job.x, m, n);
         } else if let layout @ (XLayout::Split | XLayout::Planes) = job.w.x_layout(isa) {
             if js.x.len() < m * n {
                 js.x.resize(m * n, 0.0);
@@ -350,6 +402,7 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
         .map(|(job, js)| Prepared {
             xs: if js.reordered { &js.x[..job.m * job.w.cols()] } else { job.x },
             q: if js.int8 { Some(&js.q) } else { None },
+            two: js.two,
         })
         .collect();
     // Tasks: (job, first row, end row) over every job's rows.
@@ -373,12 +426,12 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
     let jobs = &*jobs;
     tasks.into_par_iter().for_each(|(ji, r0, r1)| {
         let job = &jobs[ji];
-        run_task(isa, two, job, &prepared[ji], outs[ji], r0, r1);
+        run_task(isa, job, &prepared[ji], outs[ji], r0, r1);
     });
 }
 
 /// Output rows r0..r1 of one job.
-fn run_task(isa: Isa, two: bool, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usize) {
+fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usize) {
     let (w, m, n, rows) = (&job.w, job.m, job.w.cols(), job.w.rows());
     let write = |i: usize, r: usize, v: f32| {
         let v = v + job.bias.map_or(0.0, |b| b[r]);
@@ -392,7 +445,7 @@ fn run_task(isa: Isa, two: bool, job: &Job, p: &Prepared, optr: OutPtr, r0: usiz
             for r in (r0..r1).step_by(4) {
                 let rr = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)];
                 let d = match &qi {
-                    Some(q) if two => dot4_int8::<true>(isa, q, w, rr),
+                    Some(q) if p.two => dot4_int8::<true>(isa, q, w, rr),
                     Some(q) => dot4_int8::<false>(isa, q, w, rr),
                     None => dot4(isa, xi, w, rr),
                 };

@@ -9,10 +9,12 @@
 //! result is off by at most sum_b (amax_b / 254 or / 64516) * sum_j |w_bj|, plus the f32
 //! rounding of the per-block sums.
 //!
-//! Two orders of q: `Natural` (the scalar twin) and `Grouped` (the SIMD kernels): per
-//! four blocks, 64 bytes holding the even elements block by block, then 64 bytes of
-//! odd elements, matching the low and high nibbles of the 64 code bytes. Blocks past
-//! the last full group hold 16 evens then 16 odds each.
+//! Three orders of q: `Natural` (the scalar twins), `Grouped` (the SIMD MXFP4 kernels):
+//! per four blocks, 64 bytes holding the even elements block by block, then 64 bytes of
+//! odd elements, matching the low and high nibbles of the 64 code bytes (blocks past
+//! the last full group hold 16 evens then 16 odds each), and `Lanes` (the SIMD Q8
+//! kernels): natural order, with -128 * (sum of each dword lane's 4 values) per lane,
+//! the correction for Q8's biased codes.
 
 use crate::mxfp4::BLOCK;
 
@@ -26,19 +28,22 @@ pub const W2: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -1
 pub enum QLayout {
     Natural,
     Grouped,
+    Lanes,
 }
 
 /// Quantized activations of up to a few rows, reused between calls.
 #[derive(Default)]
 pub struct QuantX {
     pub n: usize,
+    pub layout: Option<QLayout>,
     /// [rows, n] in the layout's order
     pub q: Vec<i8>,
     /// [rows, n/32]: d/2 of each block
     pub half_d: Vec<f32>,
     /// [rows, n/32]: 12 * sum(q) of each block
     pub corr: Vec<i32>,
-    /// Grouped only, [rows, groups, 16]: -12 * (sum of the 8 q of each dword lane)
+    /// Grouped, [rows, groups, 16]: -12 * (sum of the 8 q of each dword lane);
+    /// Lanes, [rows, n/4]: -128 * (sum of the 4 q of each dword lane)
     pub lane_neg_corr: Vec<i32>,
     /// Grouped only, [rows, groups, 16]: d/2 of each lane's block
     pub lane_half_d: Vec<f32>,
@@ -72,7 +77,7 @@ pub const LIMB2: f32 = 1.0 / 254.0;
 impl QuantX {
     pub fn row(&self, i: usize) -> QRow<'_> {
         let (n, nb) = (self.n, self.n / BLOCK);
-        let ng = nb / 4 * 16;
+        let ng = lanes_per_row(self.layout.unwrap_or(QLayout::Natural), n);
         fn part<T>(v: &[T], i: usize, len: usize) -> &[T] {
             if v.is_empty() {
                 &[]
@@ -99,12 +104,14 @@ impl QuantX {
         let nb = n / BLOCK;
         let groups = nb / 4;
         self.n = n;
+        self.layout = Some(layout);
         self.q.resize(m * n, 0);
         self.half_d.resize(m * nb, 0.0);
         self.corr.resize(m * nb, 0);
-        let lanes = if layout == QLayout::Grouped { m * groups * 16 } else { 0 };
+        let per_row = lanes_per_row(layout, n);
+        let lanes = m * per_row;
         self.lane_neg_corr.resize(lanes, 0);
-        self.lane_half_d.resize(lanes, 0.0);
+        self.lane_half_d.resize(if layout == QLayout::Grouped { lanes } else { 0 }, 0.0);
         let l2 = if two_limbs { 1 } else { 0 };
         self.q2.resize(l2 * m * n, 0);
         self.corr2.resize(l2 * m * nb, 0);
@@ -135,14 +142,14 @@ impl QuantX {
                 // A non-finite block makes its result NaN, as f32 arithmetic would.
                 self.half_d[i * nb + b] = if finite { d * 0.5 } else { f32::NAN };
                 self.corr[i * nb + b] = 12 * sum;
-                let lane0 = i * groups * 16;
+                let lane_range = i * per_row..(i + 1) * per_row;
                 place(
                     layout,
                     b,
                     groups,
                     &qb,
                     &mut self.q[i * n..(i + 1) * n],
-                    &mut self.lane_neg_corr[lanes_of(layout, lane0, groups)],
+                    &mut self.lane_neg_corr[lane_range.clone()],
                 );
                 if two_limbs {
                     self.corr2[i * nb + b] = 12 * sum2;
@@ -152,11 +159,11 @@ impl QuantX {
                         groups,
                         &qb2,
                         &mut self.q2[i * n..(i + 1) * n],
-                        &mut self.lane_neg_corr2[lanes_of(layout, lane0, groups)],
+                        &mut self.lane_neg_corr2[lane_range],
                     );
                 }
                 if layout == QLayout::Grouped && b < groups * 4 {
-                    let first = lane0 + (b / 4) * 16 + (b % 4) * 4;
+                    let first = i * groups * 16 + (b / 4) * 16 + (b % 4) * 4;
                     self.lane_half_d[first..first + 4].fill(self.half_d[i * nb + b]);
                 }
             }
@@ -164,19 +171,27 @@ impl QuantX {
     }
 }
 
-/// The lane range of one row (empty for `Natural`).
-fn lanes_of(layout: QLayout, lane0: usize, groups: usize) -> std::ops::Range<usize> {
+/// Lane corrections per row of n values.
+fn lanes_per_row(layout: QLayout, n: usize) -> usize {
     match layout {
-        QLayout::Natural => 0..0,
-        QLayout::Grouped => lane0..lane0 + groups * 16,
+        QLayout::Natural => 0,
+        QLayout::Grouped => n / BLOCK / 4 * 16,
+        QLayout::Lanes => n / 4,
     }
 }
 
-/// Write block `b`'s quantized values into `row` in `layout` order, and (Grouped, full
-/// groups) the -12 * sum of each dword lane's 8 values into `lanes` (the row's lanes).
+/// Write block `b`'s quantized values into `row` in `layout` order, and its lanes'
+/// corrections into `lanes` (the row's lanes): Grouped (full groups), -12 * the sum of
+/// each dword lane's 8 values; Lanes, -128 * the sum of each lane's 4 values.
 fn place(layout: QLayout, b: usize, groups: usize, qb: &[i8; BLOCK], row: &mut [i8], lanes: &mut [i32]) {
     match layout {
         QLayout::Natural => row[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(qb),
+        QLayout::Lanes => {
+            row[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(qb);
+            for (l, q4) in qb.chunks_exact(4).enumerate() {
+                lanes[b * 8 + l] = -128 * q4.iter().map(|&q| q as i32).sum::<i32>();
+            }
+        }
         QLayout::Grouped if b < groups * 4 => {
             let (g, mm) = (b / 4, b % 4);
             for j in 0..16 {

@@ -176,6 +176,114 @@ fn int8_case(precision: Precision, per: f64) {
     }
 }
 
+/// bf16 bits of `v` (round to nearest even) and their value.
+fn bf16_pair(v: f32) -> (u16, f32) {
+    let b = crate::bf16::from_f32(v);
+    (b, f32::from_bits((b as u32) << 16))
+}
+
+#[test]
+fn q8_quantize_within_stated_bound() {
+    let mut rng = Rng(23);
+    // Magnitudes from 1e-35 to 1e35, zeros, and one large value per block.
+    for case in 0..400 {
+        let mag = 10f32.powi((case % 71) - 35);
+        let vals: Vec<f32> = (0..64)
+            .map(|j| match (case + j) % 9 {
+                0 => 0.0,
+                1 => mag * 100.0 * rng.uniform(),
+                _ => mag * rng.uniform(),
+            })
+            .collect();
+        let data: Vec<u8> = vals.iter().flat_map(|&v| bf16_pair(v).0.to_le_bytes()).collect();
+        let q = crate::q8::Q8Matrix::from_bf16(&data, 1, 64);
+        let mut back = vec![0f32; 64];
+        crate::q8::dequantize_row(&q.codes, &q.scales, &mut back);
+        for b in 0..2 {
+            let w: Vec<f32> = vals[b * 32..(b + 1) * 32].iter().map(|&v| bf16_pair(v).1).collect();
+            let amax = w.iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
+            let d = crate::q8::scale(q.scales[b]) as f64;
+            assert!(d >= amax / 127.0 && d <= amax / 127.0 * (1.0 + 1.0 / 128.0), "case {case}: d {d} amax {amax}");
+            for j in 0..32 {
+                let code = q.codes[b * 32 + j];
+                assert!(code >= 1, "code 0 (q = -128) never occurs");
+                let err = (back[b * 32 + j] as f64 - w[j] as f64).abs();
+                assert!(err <= d / 2.0, "case {case}: |w - d q| = {err} > d/2 = {}", d / 2.0);
+            }
+        }
+    }
+    // Non-finite weights: a NaN scale, so results are NaN rather than silently finite.
+    let data: Vec<u8> =
+        (0..32).flat_map(|j| bf16_pair(if j == 3 { f32::INFINITY } else { 1.0 }).0.to_le_bytes()).collect();
+    let q = crate::q8::Q8Matrix::from_bf16(&data, 1, 32);
+    assert!(crate::q8::scale(q.scales[0]).is_nan());
+}
+
+#[test]
+fn q8_matmul_all_paths_within_stated_bounds() {
+    let mut rng = Rng(29);
+    for precision in [Precision::F32, Precision::Int16, Precision::Int8] {
+        // Activation error per element: amax_b / 254 (one limb), / 64516 (two limbs).
+        let per = if precision == Precision::Int8 { 254.0 } else { 64516.0 };
+        for &(m, rows, n) in
+            &[(1, 1, 32), (1, 9, 96), (2, 13, 544), (3, 33, 160), (1, 40, 2880), (5, 11, 2880), (4, 6, 64)]
+        {
+            let wsrc: Vec<f32> =
+                (0..rows * n).map(|_| rng.uniform() * if rng.next_u64() % 5 == 0 { 8.0 } else { 1.0 }).collect();
+            let data: Vec<u8> = wsrc.iter().flat_map(|&v| bf16_pair(v).0.to_le_bytes()).collect();
+            let q = crate::q8::Q8Matrix::from_bf16(&data, rows, n);
+            // The reference multiplies the dequantized Q8 weights: weight error is the
+            // format's (tested above), activation error the precision's.
+            let mut wf = vec![0f32; rows * n];
+            for r in 0..rows {
+                crate::q8::dequantize_row(
+                    &q.codes[r * n..(r + 1) * n],
+                    &q.scales[r * n / 32..(r + 1) * n / 32],
+                    &mut wf[r * n..(r + 1) * n],
+                );
+            }
+            let x: Vec<f32> =
+                (0..m * n).map(|_| rng.uniform() * if rng.next_u64() % 7 == 0 { 50.0 } else { 1.0 }).collect();
+            let bias: Vec<f32> = (0..rows).map(|_| rng.uniform()).collect();
+            let (want, mag) = reference(&x, m, &wf, rows, n, Some(&bias));
+            let mut bound = vec![0f64; m * rows];
+            for i in 0..m {
+                for r in 0..rows {
+                    let mut b = 0f64;
+                    if m < GEMM_MIN_ROWS {
+                        for g in 0..n / 32 {
+                            let xb = &x[i * n + g * 32..i * n + g * 32 + 32];
+                            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
+                            let wsum: f64 =
+                                wf[r * n + g * 32..r * n + g * 32 + 32].iter().map(|v| v.abs() as f64).sum();
+                            b += amax / per * wsum;
+                        }
+                    }
+                    bound[i * rows + r] = b + 1e-5 * mag[i * rows + r];
+                }
+            }
+            let w = Weight::q8(&q);
+            let mut scalar = vec![0f32; m * rows];
+            matmul(Isa::Scalar, precision, &x, m, &w, Some(&bias), &mut scalar, &mut Scratch::default());
+            for isa in Isa::available() {
+                let mut got = vec![0f32; m * rows];
+                matmul(isa, precision, &x, m, &w, Some(&bias), &mut got, &mut Scratch::default());
+                for k in 0..m * rows {
+                    let err = (got[k] as f64 - want[k]).abs();
+                    assert!(
+                        err <= bound[k],
+                        "{} q8 {precision:?} [{m},{rows},{n}] {k}: err {err} > {}",
+                        isa.name(),
+                        bound[k]
+                    );
+                    let d = (got[k] - scalar[k]).abs() as f64;
+                    assert!(d <= 1e-5 * mag[k] + 1e-30, "{} vs scalar: {d}", isa.name());
+                }
+            }
+        }
+    }
+}
+
 /// Kernel-only timing (no driver, data in L1/L2): `cargo test --release -p gptoss-core
 /// kernel_speed -- --ignored --nocapture`.
 #[test]

@@ -297,6 +297,22 @@ impl Checkpoint {
         &self.files[t.file].map[t.start..t.end]
     }
 
+    /// Unmap a tensor's pages from this process once it has been copied elsewhere (the
+    /// Q8 attention and lm_head matrices), so they leave its RSS. The file and the page
+    /// cache are untouched; a later read would map them again with the same contents.
+    pub fn release(&self, t: &TensorInfo) {
+        #[cfg(unix)]
+        // SAFETY: the map is a read-only view of the file: MADV_DONTNEED drops page table
+        // entries only, and the pages fault back in unchanged if ever read again.
+        unsafe {
+            let _ = self.files[t.file].map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                t.start,
+                t.end - t.start,
+            );
+        }
+    }
+
     /// The named tensor, checked for dtype and shape; errors name file, tensor, expected and found.
     pub fn expect(&self, name: &str, dtypes: &[Dtype], shape: &[usize]) -> Result<&TensorInfo> {
         let t = self.get(name).ok_or_else(|| {

@@ -23,8 +23,10 @@ pub struct LoadOptions {
     /// Kernel path (from `cpu::select`).
     pub isa: Isa,
     /// Activation precision of the MXFP4 expert GEMVs (the router, attention and lm_head
-    /// always use f32 activations).
+    /// use f32 activations unless `q8`).
     pub precision: Precision,
+    /// Quantize the attention and lm_head matrices to Q8 at load (`precision="q8"`).
+    pub q8: bool,
 }
 
 /// A loaded model: the memory-mapped checkpoint and typed views into it. Immutable, so
@@ -53,7 +55,10 @@ impl Model {
         }
         let config = Config::from_file(&cfg_path)?;
         let ckpt = Checkpoint::open_dir(dir)?;
-        let weights = Weights::load(&ckpt, &config)?;
+        let mut weights = Weights::load(&ckpt, &config)?;
+        if opts.q8 {
+            weights.quantize_q8(&ckpt);
+        }
         let max_context = opts.max_context.unwrap_or(config.max_position_embeddings);
         if max_context == 0 || max_context > config.max_position_embeddings {
             return Err(Error::Value(format!(

@@ -10,19 +10,36 @@ use super::config::{Attention, Config};
 use crate::error::Result;
 use crate::kernels::Weight;
 use crate::mxfp4::{BLOCK, BLOCK_BYTES};
+use crate::q8::Q8Matrix;
+use std::sync::Arc;
 
-/// Rows `r0..r1` of a bf16 matrix tensor.
-#[derive(Clone, Debug)]
+/// Rows `r0..r1` of a bf16 matrix tensor, or their Q8 copy (`precision="q8"`).
+#[derive(Clone)]
 pub struct MatRef {
     pub t: TensorInfo,
     pub r0: usize,
     pub r1: usize,
+    pub q8: Option<Arc<Q8Matrix>>,
 }
 
 impl MatRef {
-    pub fn weight<'a>(&self, ck: &'a Checkpoint) -> Weight<'a> {
+    pub fn weight<'a>(&'a self, ck: &'a Checkpoint) -> Weight<'a> {
+        match &self.q8 {
+            Some(q) => Weight::q8(q),
+            None => self.bf16(ck),
+        }
+    }
+
+    fn bf16<'a>(&self, ck: &'a Checkpoint) -> Weight<'a> {
         let cols = self.t.shape[1];
         Weight::bf16(ck.bytes(&self.t), self.t.shape[0], cols).slice_rows(self.r0, self.r1)
+    }
+
+    /// Quantize these rows to Q8 (they are then read from the copy).
+    fn quantize_q8(&mut self, ck: &Checkpoint) {
+        if let Weight::Bf16 { data, rows, cols } = self.bf16(ck) {
+            self.q8 = Some(Arc::new(Q8Matrix::from_bf16(data, rows, cols)));
+        }
     }
 }
 
@@ -122,7 +139,7 @@ impl Names {
 
 fn matrix(ck: &Checkpoint, name: &str, rows: usize, cols: usize) -> Result<MatRef> {
     let t = ck.expect(name, &[Dtype::Bf16], &[rows, cols])?.clone();
-    Ok(MatRef { t, r0: 0, r1: rows })
+    Ok(MatRef { t, r0: 0, r1: rows, q8: None })
 }
 
 fn experts(
@@ -142,6 +159,27 @@ fn experts(
 }
 
 impl Weights {
+    /// `precision="q8"`: quantize the attention and lm_head matrices to Q8 copies and
+    /// unmap their bf16 pages (the router and the embedding stay bf16: the router is
+    /// tiny, and the embedding is read one row per token). Returns the bytes held.
+    pub fn quantize_q8(&mut self, ck: &Checkpoint) -> usize {
+        let mut mats: Vec<&mut MatRef> = Vec::new();
+        for l in &mut self.layers {
+            mats.extend([&mut l.q, &mut l.k, &mut l.v, &mut l.o]);
+        }
+        mats.push(&mut self.lm_head);
+        let mut held = 0;
+        for m in &mut mats {
+            m.quantize_q8(ck);
+            held += m.q8.as_ref().map_or(0, |q| q.nbytes());
+        }
+        // After every part of a fused tensor (original/'s qkv) has been quantized.
+        for m in &mats {
+            ck.release(&m.t);
+        }
+        held
+    }
+
     /// Find, check and view every tensor the forward pass needs.
     pub fn load(ck: &Checkpoint, c: &Config) -> Result<Weights> {
         let n =
@@ -155,7 +193,7 @@ impl Weights {
             let (q, k, v, q_bias, k_bias, v_bias) = if n.original {
                 let fused = matrix(ck, &l("", "attn.qkv.weight"), q_dim + 2 * kv_dim, h)?;
                 let bias = ck.vector_f32(&l("", "attn.qkv.bias"), q_dim + 2 * kv_dim)?;
-                let part = |r0: usize, r1: usize| MatRef { t: fused.t.clone(), r0, r1 };
+                let part = |r0: usize, r1: usize| MatRef { t: fused.t.clone(), r0, r1, q8: None };
                 (
                     part(0, q_dim),
                     part(q_dim, q_dim + kv_dim),
