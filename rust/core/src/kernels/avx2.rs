@@ -298,3 +298,46 @@ pub unsafe fn q8_dot4_int8<const TWO: bool>(
     }
     out
 }
+
+/// Weight rows per packed-GEMM step and tokens per packed activation group.
+pub const PANEL_ROWS: usize = 6;
+pub const PANEL_TOKENS: usize = 16;
+
+/// Packed GEMM step (see `avx512::gemm_panel`): 6 weight rows x 16 tokens, 12
+/// accumulators in the 16 ymm registers.
+///
+/// # Safety
+/// avx2/fma; each `w[j]` holds n values, `xg` n * 16, `c` 6 * 16.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn gemm_panel(w: &[&[f32]; PANEL_ROWS], xg: &[f32], n: usize, c: &mut [f32]) {
+    debug_assert!(xg.len() >= n * PANEL_TOKENS && c.len() >= PANEL_ROWS * PANEL_TOKENS);
+    for r in w {
+        debug_assert!(r.len() >= n);
+    }
+    let wp: [*const f32; PANEL_ROWS] = w.map(|r| r.as_ptr());
+    let (xp, cp) = (xg.as_ptr(), c.as_mut_ptr());
+    for v in 0..2 * PANEL_ROWS {
+        _mm256_storeu_ps(cp.add(8 * v), _mm256_setzero_ps());
+    }
+    let mut k0 = 0;
+    while k0 < n {
+        let k1 = (k0 + super::GEMM_K_CHUNK).min(n);
+        let mut acc = [[_mm256_setzero_ps(); 2]; PANEL_ROWS];
+        for k in k0..k1 {
+            let x0 = _mm256_loadu_ps(xp.add(k * PANEL_TOKENS));
+            let x1 = _mm256_loadu_ps(xp.add(k * PANEL_TOKENS + 8));
+            for j in 0..PANEL_ROWS {
+                let b = _mm256_broadcast_ss(&*wp[j].add(k));
+                acc[j][0] = _mm256_fmadd_ps(b, x0, acc[j][0]);
+                acc[j][1] = _mm256_fmadd_ps(b, x1, acc[j][1]);
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            for (v, &av) in a.iter().enumerate() {
+                let p = cp.add(j * PANEL_TOKENS + 8 * v);
+                _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), av));
+            }
+        }
+        k0 = k1;
+    }
+}

@@ -262,26 +262,33 @@ pub unsafe fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4
     out
 }
 
-/// "int8" precision with AVX-512 VNNI: four MXFP4 rows against one quantized activation
-/// row (`Grouped` order). Codes become 2*E2M1+12 through `vpshufb` (measured faster here
-/// than an unmasked `vpermb`); `vpdpbusd` sums
-/// u8 x s8 products exactly into 16 dword lanes (four per block), starting from the
-/// lanes' -12*sum(q) correction; each lane is then scaled by its block's d/2 and scale.
+/// "int8" precision with AVX-512 VNNI: four MXFP4 rows against M quantized activation
+/// rows (`Grouped` order; M = 1..4, the GEMV path). Codes become 2*E2M1+12 through
+/// `vpshufb` (measured faster here than an unmasked `vpermb`); `vpdpbusd` sums u8 x s8
+/// products exactly into 16 dword lanes (four per block), starting from the lanes'
+/// -12*sum(q) correction; each lane is then scaled by its block's d/2 and scale.
+///
+/// Groups outer, weight rows next, activation rows inner: each group of codes is
+/// decoded once for the M activation rows, and the activations stay in L1. The four
+/// interleaved weight streams defeat the hardware prefetcher, so each row prefetches the
+/// same group of the row four below it (the next call's rows: rows are consecutive).
 ///
 /// # Safety
-/// avx512f/bw/vl/vnni; sizes as for `mxfp4_dot4`, `x` quantized in `Grouped` order.
-/// With `TWO`, the second limb ("int16" precision) is summed alike and added with weight
-/// 1/254 before the scaling.
+/// avx512f/bw/vl/vnni; sizes as for `mxfp4_dot4`, every `xs[i]` quantized in `Grouped`
+/// order. With `TWO`, the second limb ("int16" precision) is summed alike and added
+/// with weight 1/254 before the scaling.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn mxfp4_dot4_int8<const TWO: bool>(
-    x: &super::quant::QRow,
+pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
+    xs: &[&super::quant::QRow; M],
     blocks: [&[u8]; 4],
     scales: [&[u8]; 4],
-) -> [f32; 4] {
+) -> [[f32; 4]; M] {
     use super::quant::{LIMB2, W2_PLUS_12};
     let nb = scales[0].len();
     let groups = nb / 4;
-    debug_assert!(x.q.len() >= nb * BLOCK && x.lane_neg_corr.len() >= groups * 16);
+    for x in xs {
+        debug_assert!(x.q.len() >= nb * BLOCK && x.lane_neg_corr.len() >= groups * 16);
+    }
     for r in 0..4 {
         debug_assert!(blocks[r].len() >= nb * BLOCK_BYTES && scales[r].len() >= nb);
     }
@@ -289,52 +296,61 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool>(
     let lut = _mm512_broadcast_i32x4(lut128);
     let nib = _mm512_set1_epi8(0x0f);
     let nib128 = _mm_set1_epi8(0x0f);
-    let qp = x.q.as_ptr();
-    let mut out = [0f32; 4];
+    let ahead = 4 * nb * BLOCK_BYTES;
     for r in 0..4 {
-        let row = blocks[r].as_ptr();
-        let sp = scales[r].as_ptr();
-        _mm_prefetch::<_MM_HINT_T0>(sp.add(4 * nb) as *const i8);
-        let mut acc = _mm512_setzero_ps();
-        for g in 0..groups {
-            let bp = row.add(g * 4 * BLOCK_BYTES);
-            _mm_prefetch::<_MM_HINT_T0>(bp.add(MXFP4_PREFETCH) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(scales[r].as_ptr().add(4 * nb) as *const i8);
+    }
+    let mut acc = [[_mm512_setzero_ps(); 4]; M];
+    for g in 0..groups {
+        for r in 0..4 {
+            let bp = blocks[r].as_ptr().add(g * 4 * BLOCK_BYTES);
+            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(ahead) as *const i8);
             let v = _mm512_loadu_si512(bp as *const __m512i);
             let wl = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, nib));
             let wh = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib));
-            let limb = |q: *const i8, ncorr: *const i32| {
-                let xe = _mm512_loadu_si512(q.add(g * 128) as *const __m512i);
-                let xo = _mm512_loadu_si512(q.add(g * 128 + 64) as *const __m512i);
-                let nc = _mm512_loadu_si512(ncorr.add(g * 16) as *const __m512i);
-                _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(nc, wl, xe), wh, xo))
-            };
-            let mut f = limb(qp, x.lane_neg_corr.as_ptr());
-            if TWO {
-                f = _mm512_fmadd_ps(limb(x.q2.as_ptr(), x.lane_neg_corr2.as_ptr()), _mm512_set1_ps(LIMB2), f);
+            let sc = group_scales(scales[r].as_ptr().add(g * 4));
+            for (i, x) in xs.iter().enumerate() {
+                let limb = |q: *const i8, ncorr: *const i32| {
+                    let xe = _mm512_loadu_si512(q.add(g * 128) as *const __m512i);
+                    let xo = _mm512_loadu_si512(q.add(g * 128 + 64) as *const __m512i);
+                    let nc = _mm512_loadu_si512(ncorr.add(g * 16) as *const __m512i);
+                    _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(nc, wl, xe), wh, xo))
+                };
+                let mut f = limb(x.q.as_ptr(), x.lane_neg_corr.as_ptr());
+                if TWO {
+                    f = _mm512_fmadd_ps(limb(x.q2.as_ptr(), x.lane_neg_corr2.as_ptr()), _mm512_set1_ps(LIMB2), f);
+                }
+                let hd = _mm512_loadu_ps(x.lane_half_d.as_ptr().add(g * 16));
+                acc[i][r] = _mm512_fmadd_ps(_mm512_mul_ps(f, hd), sc, acc[i][r]);
             }
-            let hd = _mm512_loadu_ps(x.lane_half_d.as_ptr().add(g * 16));
-            acc = _mm512_fmadd_ps(_mm512_mul_ps(f, hd), group_scales(sp.add(g * 4)), acc);
         }
-        let mut tail = 0f32;
-        for b in groups * 4..nb {
-            let v = _mm_loadu_si128(row.add(b * BLOCK_BYTES) as *const __m128i);
-            let wl = _mm_shuffle_epi8(lut128, _mm_and_si128(v, nib128));
-            let wh = _mm_shuffle_epi8(lut128, _mm_and_si128(_mm_srli_epi16::<4>(v), nib128));
-            let limb = |q: *const i8, corr: i32| {
-                let xe = _mm_loadu_si128(q.add(b * BLOCK) as *const __m128i);
-                let xo = _mm_loadu_si128(q.add(b * BLOCK + 16) as *const __m128i);
-                let s = _mm_dpbusd_epi32(_mm_dpbusd_epi32(_mm_setzero_si128(), wl, xe), wh, xo);
-                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-                _mm_cvtsi128_si32(s) - corr
-            };
-            let mut v = limb(qp, x.corr[b]) as f32;
-            if TWO {
-                v += limb(x.q2.as_ptr(), x.corr2[b]) as f32 * LIMB2;
+    }
+    let mut out = [[0f32; 4]; M];
+    for (i, x) in xs.iter().enumerate() {
+        for r in 0..4 {
+            let row = blocks[r].as_ptr();
+            let sp = scales[r].as_ptr();
+            let mut tail = 0f32;
+            for b in groups * 4..nb {
+                let v = _mm_loadu_si128(row.add(b * BLOCK_BYTES) as *const __m128i);
+                let wl = _mm_shuffle_epi8(lut128, _mm_and_si128(v, nib128));
+                let wh = _mm_shuffle_epi8(lut128, _mm_and_si128(_mm_srli_epi16::<4>(v), nib128));
+                let limb = |q: *const i8, corr: i32| {
+                    let xe = _mm_loadu_si128(q.add(b * BLOCK) as *const __m128i);
+                    let xo = _mm_loadu_si128(q.add(b * BLOCK + 16) as *const __m128i);
+                    let s = _mm_dpbusd_epi32(_mm_dpbusd_epi32(_mm_setzero_si128(), wl, xe), wh, xo);
+                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+                    _mm_cvtsi128_si32(s) - corr
+                };
+                let mut v = limb(x.q.as_ptr(), x.corr[b]) as f32;
+                if TWO {
+                    v += limb(x.q2.as_ptr(), x.corr2[b]) as f32 * LIMB2;
+                }
+                tail += v * x.half_d[b] * E8M0[*sp.add(b) as usize];
             }
-            tail += v * x.half_d[b] * E8M0[*sp.add(b) as usize];
+            out[i][r] = hsum(acc[i][r]) + tail;
         }
-        out[r] = hsum(acc) + tail;
     }
     out
 }
@@ -467,4 +483,68 @@ pub unsafe fn q8_dot4_int8<const TWO: bool>(
         out[r] = v;
     }
     out
+}
+
+/// Weight rows per packed-GEMM step and tokens per packed activation group.
+pub const PANEL_ROWS: usize = 12;
+pub const PANEL_TOKENS: usize = 32;
+
+/// Packed GEMM step: c[j][t] = sum_k w[j][k] * xg[k][t] for 12 weight rows and 32 tokens.
+/// Each weight value is broadcast and multiplied with 32 tokens' activations (two
+/// vectors): 24 accumulators, 14 loads per 24 FMAs, and a working set of a few cache
+/// lines per k. Sums run over `super::GEMM_K_CHUNK` values at a time, then add into `c`.
+///
+/// # Safety
+/// avx512f; each `w[j]` holds n values, `xg` n * 32 (a packed group), `c` 12 * 32.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn gemm_panel(w: &[&[f32]; PANEL_ROWS], xg: &[f32], n: usize, c: &mut [f32]) {
+    debug_assert!(xg.len() >= n * PANEL_TOKENS && c.len() >= PANEL_ROWS * PANEL_TOKENS);
+    for r in w {
+        debug_assert!(r.len() >= n);
+    }
+    let wp: [*const f32; PANEL_ROWS] = w.map(|r| r.as_ptr());
+    let (xp, cp) = (xg.as_ptr(), c.as_mut_ptr());
+    for v in 0..2 * PANEL_ROWS {
+        _mm512_storeu_ps(cp.add(16 * v), _mm512_setzero_ps());
+    }
+    let mut k0 = 0;
+    while k0 < n {
+        let k1 = (k0 + super::GEMM_K_CHUNK).min(n);
+        let mut acc = [[_mm512_setzero_ps(); 2]; PANEL_ROWS];
+        for k in k0..k1 {
+            let x0 = _mm512_loadu_ps(xp.add(k * PANEL_TOKENS));
+            let x1 = _mm512_loadu_ps(xp.add(k * PANEL_TOKENS + 16));
+            for j in 0..PANEL_ROWS {
+                let b = _mm512_set1_ps(*wp[j].add(k));
+                acc[j][0] = _mm512_fmadd_ps(b, x0, acc[j][0]);
+                acc[j][1] = _mm512_fmadd_ps(b, x1, acc[j][1]);
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            for (v, &av) in a.iter().enumerate() {
+                let p = cp.add(j * PANEL_TOKENS + 16 * v);
+                _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), av));
+            }
+        }
+        k0 = k1;
+    }
+}
+
+/// Widen one bf16 row to f32 in the `Split` layout (the GEMM's decode of bf16 rows).
+///
+/// # Safety
+/// avx512f/bw/vl; `row.len() >= 2 * out.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn bf16_decode(row: &[u8], out: &mut [f32]) {
+    let n = out.len();
+    debug_assert!(row.len() >= 2 * n);
+    let full = n / 32 * 32;
+    let mut k = 0;
+    while k < full {
+        let (e, o) = widen32(row.as_ptr().add(2 * k));
+        _mm512_storeu_ps(out.as_mut_ptr().add(k), e);
+        _mm512_storeu_ps(out.as_mut_ptr().add(k + 16), o);
+        k += 32;
+    }
+    crate::bf16::widen(&row[2 * full..2 * n], &mut out[full..]);
 }

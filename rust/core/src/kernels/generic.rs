@@ -117,3 +117,19 @@ pub fn q8_dot4_int8<const TWO: bool>(x: &super::quant::QRow, codes: [&[u8]; 4], 
     }
     out
 }
+
+/// Packed GEMM step, any shape: c[j][t] = sum_k w[j][k] * xg[k * tokens + t] for every
+/// row of `w` and `tokens` tokens, summed over `super::GEMM_K_CHUNK` values at a time
+/// as the SIMD twins do.
+pub fn gemm_panel(w: &[&[f32]], xg: &[f32], n: usize, tokens: usize, c: &mut [f32]) {
+    c[..w.len() * tokens].fill(0.0);
+    for k0 in (0..n).step_by(super::GEMM_K_CHUNK) {
+        let k1 = (k0 + super::GEMM_K_CHUNK).min(n);
+        for (j, row) in w.iter().enumerate() {
+            for t in 0..tokens {
+                let s: f32 = (k0..k1).map(|k| row[k] * xg[k * tokens + t]).sum();
+                c[j * tokens + t] += s;
+            }
+        }
+    }
+}

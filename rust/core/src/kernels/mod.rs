@@ -1,9 +1,13 @@
 //! Matmuls over MXFP4 and bf16 weights: y[m, out] = x[m, n] @ W[out, n]^T (+ bias).
 //!
-//! One driver for both weight formats and every ISA. `m < GEMM_MIN_ROWS` takes the GEMV
-//! path (weights streamed straight from memory, four rows at a time); larger `m` takes
-//! the blocked GEMM path, which decodes a chunk of weight rows to f32 once (in a
-//! thread-local buffer) and reuses it for every row of x with a 4x4 register tile.
+//! One driver for every weight format and ISA, three shapes of work:
+//! - `m < GEMM_MIN_ROWS` (`m <= INT_GEMV_MAX_ROWS` with quantized activations): GEMV,
+//!   weights streamed straight from memory, four rows at a time;
+//! - `m < PACKED_MIN_ROWS`: small GEMM, a chunk of weight rows decoded to f32 once (in a
+//!   thread-local buffer) and reused for every row of x with 4x4 dot-product tiles;
+//! - larger `m` (prefill): packed GEMM, x packed once per call into groups of tokens
+//!   ([k][token] order), decoded weight values broadcast against a group's tokens
+//!   (`gemm_panel`: 12 rows x 32 tokens of accumulators on AVX-512).
 //! Work is split over output rows with rayon, in whatever pool the caller installed.
 
 #[cfg(target_arch = "x86_64")]
@@ -24,7 +28,7 @@ use quant::{QLayout, QRow, QuantX};
 pub enum Precision {
     /// f32 activations: error ~1e-7 of sum|x||w| (tested: 1e-5).
     F32,
-    /// MXFP4 and Q8 GEMVs (m < GEMM_MIN_ROWS) with activations quantized per 32-block
+    /// MXFP4 and Q8 GEMVs (m <= INT_GEMV_MAX_ROWS) with activations quantized per 32-block
     /// to int8 (see `quant`); everything else as `F32`.
     Int8,
     /// As `Int8` with a second int8 limb for the remainder (16-bit activations):
@@ -49,14 +53,52 @@ struct JobScratch {
     int8: bool,
     /// A second limb (the "int16" precision).
     two: bool,
+    /// Packed-GEMM activations: [groups][n][tokens], zero-padded.
+    packed: Vec<f32>,
 }
 use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// m from which the GEMM path is taken.
 pub const GEMM_MIN_ROWS: usize = 4;
-/// Weight rows per GEMM task (their decoded f32 copy, 64 x 2880 x 4 bytes, stays in L2).
-const GEMM_MAX_TASK_ROWS: usize = 64;
+/// Largest m whose MXFP4/Q8 matmuls take the quantized-activation GEMV (each code group
+/// decoded once for all m rows: cheaper than decoding to f32 for a small GEMM).
+pub const INT_GEMV_MAX_ROWS: usize = 4;
+/// m from which the packed GEMM path is taken.
+pub const PACKED_MIN_ROWS: usize = 16;
+/// Weight rows per GEMM task (their decoded f32 copy, 48 x 2880 x 4 bytes, stays in L2).
+const GEMM_MAX_TASK_ROWS: usize = 48;
+/// Values a packed-GEMM accumulator sums before it is added into the result (bounds
+/// the f32 rounding growth to ~GEMM_K_CHUNK + n / GEMM_K_CHUNK terms).
+pub(crate) const GEMM_K_CHUNK: usize = 64;
+
+/// The most weight rows any ISA's packed-GEMM step takes.
+const MAX_PANEL_ROWS: usize = 12;
+
+/// (weight rows, tokens) of one packed-GEMM step on this ISA.
+fn panel_shape(isa: Isa) -> (usize, usize) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => (avx512::PANEL_ROWS, avx512::PANEL_TOKENS),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => (avx2::PANEL_ROWS, avx2::PANEL_TOKENS),
+        _ => (4, 16),
+    }
+}
+
+/// One packed-GEMM step: c[j][t] for the rows `w` and a packed group `xg` of n values.
+#[inline]
+fn gemm_panel(isa: Isa, w: &[&[f32]], xg: &[f32], n: usize, c: &mut [f32]) {
+    match isa {
+        // SAFETY: the path was selected for this CPU; `w` has the ISA's row count (the
+        // driver builds it from `panel_shape`), each row n values, xg and c sized alike.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::gemm_panel(w.try_into().expect("panel rows"), xg, n, c) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::gemm_panel(w.try_into().expect("panel rows"), xg, n, c) },
+        _ => generic::gemm_panel(w, xg, n, panel_shape(isa).1, c),
+    }
+}
 
 /// A weight matrix [rows, cols] borrowed from a checkpoint (or any byte buffer).
 #[derive(Clone, Copy, Debug)]
@@ -212,7 +254,7 @@ fn decode_row(isa: Isa, w: &Weight, r: usize, out: &mut [f32]) {
             let row = w.bf16_row(r);
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unreachable!("AVX-512 bf16 GEMMs widen in registers (avx512::bf16_tile)"),
+                Isa::Avx512 => unsafe { avx512::bf16_decode(row, out) },
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { avx2::bf16_decode(row, out) },
                 _ => generic::bf16_decode(row, out),
@@ -226,29 +268,30 @@ fn decode_row(isa: Isa, w: &Weight, r: usize, out: &mut [f32]) {
     }
 }
 
-/// "int8"/"int16" precisions: four dot products of one quantized activation row with
-/// MXFP4 or Q8 rows.
+/// "int8"/"int16" precisions: four dot products of each of M quantized activation rows
+/// (M <= INT_GEMV_MAX_ROWS: the GEMV path) with MXFP4 or Q8 rows.
 #[inline]
-fn dot4_int8<const TWO: bool>(isa: Isa, x: &QRow, w: &Weight, r: [usize; 4]) -> [f32; 4] {
+fn dot4_int8<const TWO: bool, const M: usize>(isa: Isa, xs: &[&QRow; M], w: &Weight, r: [usize; 4]) -> [[f32; 4]; M] {
     if let Weight::Q8 { .. } = w {
         let rows = r.map(|r| w.q8_row(r));
         let (c, s) = (rows.map(|p| p.0), rows.map(|p| p.1));
-        return match isa {
+        return xs.map(|x| match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 if vnni() => unsafe { avx512::q8_dot4_int8::<TWO>(x, c, s) },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 | Isa::Avx2 => unsafe { avx2::q8_dot4_int8::<TWO>(x, c, s) },
             _ => generic::q8_dot4_int8::<TWO>(x, c, s),
-        };
+        });
     }
     let rows = r.map(|r| w.mxfp4_row(r));
     let (b, s) = (rows.map(|p| p.0), rows.map(|p| p.1));
     match isa {
+        // The AVX-512 kernel decodes each code group once for all M rows.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if vnni() => unsafe { avx512::mxfp4_dot4_int8::<TWO>(x, b, s) },
+        Isa::Avx512 if vnni() => unsafe { avx512::mxfp4_dot4_int8::<TWO, M>(xs, b, s) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx2 => unsafe { avx2::mxfp4_dot4_int8::<TWO>(x, b, s) },
-        _ => generic::mxfp4_dot4_int8::<TWO>(x, b, s),
+        Isa::Avx512 | Isa::Avx2 => xs.map(|x| unsafe { avx2::mxfp4_dot4_int8::<TWO>(x, b, s) }),
+        _ => xs.map(|x| generic::mxfp4_dot4_int8::<TWO>(x, b, s)),
     }
 }
 
@@ -353,6 +396,7 @@ struct Prepared<'a> {
     xs: &'a [f32],
     q: Option<&'a QuantX>,
     two: bool,
+    packed: Option<&'a [f32]>,
 }
 
 /// Several independent matmuls in one parallel dispatch (the q/k/v projections, the
@@ -373,7 +417,7 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
         }
         // Q8 weights are only ever multiplied with quantized activations in GEMVs (two
         // limbs unless the precision is "int8").
-        js.int8 = m < GEMM_MIN_ROWS
+        js.int8 = m <= INT_GEMV_MAX_ROWS
             && match job.w {
                 Weight::Mxfp4 { .. } => precision != Precision::F32,
                 Weight::Q8 { .. } => true,
@@ -386,6 +430,8 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
         js.two = two || (precision == Precision::F32 && matches!(job.w, Weight::Q8 { .. }));
         if js.int8 {
             js.q.quantize(q_layout(isa, &job.w), js.two, job.x, m, n);
+        } else if m >= PACKED_MIN_ROWS {
+            pack(job.w.x_layout(isa), panel_shape(isa).1, job.x, m, n, &mut js.x, &mut js.packed);
         } else if let layout @ (XLayout::Split | XLayout::Planes) = job.w.x_layout(isa) {
             if js.x.len() < m * n {
                 js.x.resize(m * n, 0.0);
@@ -403,6 +449,7 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
             xs: if js.reordered { &js.x[..job.m * job.w.cols()] } else { job.x },
             q: if js.int8 { Some(&js.q) } else { None },
             two: js.two,
+            packed: if job.m >= PACKED_MIN_ROWS && !js.int8 { Some(&js.packed[..]) } else { None },
         })
         .collect();
     // Tasks: (job, first row, end row) over every job's rows.
@@ -414,7 +461,7 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
             continue;
         }
         let mut chunk = chunk_rows(rows, job.w.nbytes() / rows, total_rows);
-        if job.m >= GEMM_MIN_ROWS {
+        if job.m >= GEMM_MIN_ROWS && prepared[ji].q.is_none() {
             // The GEMM path decodes its rows into a per-thread buffer: keep that in cache.
             chunk = chunk.min(GEMM_MAX_TASK_ROWS);
         }
@@ -430,6 +477,28 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
     });
 }
 
+/// x [m, n] -> packed [groups][n][tokens] (zero-padded), each row first put in the
+/// order the weights decode in (`tmp`: one row of scratch).
+fn pack(layout: XLayout, tokens: usize, x: &[f32], m: usize, n: usize, tmp: &mut Vec<f32>, packed: &mut Vec<f32>) {
+    let groups = m.div_ceil(tokens);
+    packed.clear();
+    packed.resize(groups * n * tokens, 0.0);
+    tmp.resize(n.max(tmp.len()), 0.0);
+    for (i, xr) in x.chunks_exact(n).enumerate() {
+        layout::reorder(layout, xr, &mut tmp[..n]);
+        let (g, t) = (i / tokens, i % tokens);
+        let dst = &mut packed[g * n * tokens..(g + 1) * n * tokens];
+        for (k, &v) in tmp[..n].iter().enumerate() {
+            dst[k * tokens + t] = v;
+        }
+    }
+}
+
+thread_local! {
+    /// One packed-GEMM step's results.
+    static PANEL_OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Output rows r0..r1 of one job.
 fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usize) {
     let (w, m, n, rows) = (&job.w, job.m, job.w.cols(), job.w.rows());
@@ -438,22 +507,66 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
         // SAFETY: i < m and r in this task's r0..r1: each element written by one task.
         unsafe { *optr.0.add(i * rows + r) = v };
     };
-    if m < GEMM_MIN_ROWS {
-        for i in 0..m {
-            let xi = &p.xs[i * n..(i + 1) * n];
-            let qi = p.q.map(|q| q.row(i));
-            for r in (r0..r1).step_by(4) {
-                let rr = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)];
-                let d = match &qi {
-                    Some(q) if p.two => dot4_int8::<true>(isa, q, w, rr),
-                    Some(q) => dot4_int8::<false>(isa, q, w, rr),
-                    None => dot4(isa, xi, w, rr),
-                };
-                for k in 0..(r1 - r).min(4) {
-                    write(i, r + k, d[k]);
+    if m < GEMM_MIN_ROWS || p.q.is_some() {
+        // Weight rows outer: with m > 1 the four rows are still in L1 for the next x row.
+        for r in (r0..r1).step_by(4) {
+            let rr = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)];
+            let emit = |i: usize, d: [f32; 4]| {
+                for (k, &v) in d.iter().enumerate().take(r1 - r) {
+                    write(i, r + k, v);
+                }
+            };
+            match p.q {
+                Some(q) => {
+                    let [q0, q1, q2, q3] = [0, 1, 2, 3].map(|i| q.row(i.min(m - 1)));
+                    let d: &[[f32; 4]] = match (m, p.two) {
+                        (1, true) => &dot4_int8::<true, 1>(isa, &[&q0], w, rr),
+                        (1, false) => &dot4_int8::<false, 1>(isa, &[&q0], w, rr),
+                        (2, true) => &dot4_int8::<true, 2>(isa, &[&q0, &q1], w, rr),
+                        (2, false) => &dot4_int8::<false, 2>(isa, &[&q0, &q1], w, rr),
+                        (3, true) => &dot4_int8::<true, 3>(isa, &[&q0, &q1, &q2], w, rr),
+                        (3, false) => &dot4_int8::<false, 3>(isa, &[&q0, &q1, &q2], w, rr),
+                        (_, true) => &dot4_int8::<true, 4>(isa, &[&q0, &q1, &q2, &q3], w, rr),
+                        (_, false) => &dot4_int8::<false, 4>(isa, &[&q0, &q1, &q2, &q3], w, rr),
+                    };
+                    for (i, &di) in d.iter().enumerate() {
+                        emit(i, di);
+                    }
+                }
+                None => {
+                    for i in 0..m {
+                        emit(i, dot4(isa, &p.xs[i * n..(i + 1) * n], w, rr));
+                    }
                 }
             }
         }
+        return;
+    }
+    let nr = r1 - r0;
+    if let Some(packed) = p.packed {
+        let (prow, tokens) = panel_shape(isa);
+        with_thread_buffer(&DECODED, nr * n, |dec| {
+            for j in 0..nr {
+                decode_row(isa, w, r0 + j, &mut dec[j * n..(j + 1) * n]);
+            }
+            with_thread_buffer(&PANEL_OUT, prow * tokens, |c| {
+                let mut wrows: [&[f32]; MAX_PANEL_ROWS] = [&[]; MAX_PANEL_ROWS];
+                for (g, xg) in packed.chunks_exact(n * tokens).enumerate() {
+                    for j0 in (0..nr).step_by(prow) {
+                        // A short last step repeats its last row; those results are dropped.
+                        for (j, wr) in wrows[..prow].iter_mut().enumerate() {
+                            *wr = &dec[(j0 + j).min(nr - 1) * n..][..n];
+                        }
+                        gemm_panel(isa, &wrows[..prow], xg, n, c);
+                        for j in 0..(nr - j0).min(prow) {
+                            for t in 0..(m - g * tokens).min(tokens) {
+                                write(g * tokens + t, r0 + j0 + j, c[j * tokens + t]);
+                            }
+                        }
+                    }
+                }
+            });
+        });
         return;
     }
     let xrow = |i: usize| &p.xs[i.min(m - 1) * n..(i.min(m - 1) + 1) * n];
@@ -475,7 +588,6 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
         }
         return;
     }
-    let nr = r1 - r0;
     with_thread_buffer(&DECODED, nr * n, |dec| {
         for j in 0..nr {
             decode_row(isa, w, r0 + j, &mut dec[j * n..(j + 1) * n]);

@@ -63,8 +63,17 @@ fn mxfp4_case(rng: &mut Rng, rows: usize, n: usize) -> (Vec<u8>, Vec<u8>, Vec<f3
 #[test]
 fn mxfp4_matmul_all_paths_against_reference() {
     let mut rng = Rng(7);
-    for &(m, rows, n) in &[(1, 1, 32), (1, 7, 64), (2, 13, 96), (3, 33, 160), (4, 5, 32), (5, 37, 320), (17, 64, 2880)]
-    {
+    for &(m, rows, n) in &[
+        (1, 1, 32),
+        (1, 7, 64),
+        (2, 13, 96),
+        (3, 33, 160),
+        (4, 5, 32),
+        (5, 37, 320),
+        (17, 64, 2880),
+        (16, 13, 96),
+        (33, 50, 2880),
+    ] {
         let (blocks, scales, wf) = mxfp4_case(&mut rng, rows, n);
         let x: Vec<f32> = (0..m * n).map(|_| rng.uniform()).collect();
         let bias: Vec<f32> = (0..rows).map(|_| rng.uniform()).collect();
@@ -87,7 +96,18 @@ fn mxfp4_matmul_all_paths_against_reference() {
 #[test]
 fn bf16_matmul_all_paths_against_reference() {
     let mut rng = Rng(11);
-    for &(m, rows, n) in &[(1, 1, 1), (1, 5, 17), (2, 9, 96), (3, 4, 33), (4, 3, 7), (6, 21, 130), (9, 40, 2880)] {
+    for &(m, rows, n) in &[
+        (1, 1, 1),
+        (1, 5, 17),
+        (2, 9, 96),
+        (3, 4, 33),
+        (4, 3, 7),
+        (6, 21, 130),
+        (9, 40, 2880),
+        (20, 25, 130),
+        (40, 7, 2880),
+        (16, 1, 1),
+    ] {
         let wf: Vec<f32> = (0..rows * n).map(|_| rng.uniform()).collect();
         let data: Vec<u8> = wf.iter().flat_map(|&v| crate::bf16::from_f32(v).to_le_bytes()).collect();
         let mut wq = vec![0f32; rows * n];
@@ -141,7 +161,9 @@ fn mxfp4_int8_and_int16_precisions_all_paths_within_stated_bounds() {
 
 fn int8_case(precision: Precision, per: f64) {
     let mut rng = Rng(17);
-    for &(m, rows, n) in &[(1, 1, 32), (1, 9, 96), (2, 13, 128), (3, 33, 160), (1, 40, 2880), (2, 5, 2912)] {
+    for &(m, rows, n) in
+        &[(1, 1, 32), (1, 9, 96), (2, 13, 128), (3, 33, 160), (1, 40, 2880), (2, 5, 2912), (4, 21, 2880), (5, 9, 96)]
+    {
         let (blocks, scales, wf) = mxfp4_case(&mut rng, rows, n);
         let x: Vec<f32> =
             (0..m * n).map(|_| rng.uniform() * if rng.next_u64() % 7 == 0 { 50.0 } else { 1.0 }).collect();
@@ -225,9 +247,16 @@ fn q8_matmul_all_paths_within_stated_bounds() {
     for precision in [Precision::F32, Precision::Int16, Precision::Int8] {
         // Activation error per element: amax_b / 254 (one limb), / 64516 (two limbs).
         let per = if precision == Precision::Int8 { 254.0 } else { 64516.0 };
-        for &(m, rows, n) in
-            &[(1, 1, 32), (1, 9, 96), (2, 13, 544), (3, 33, 160), (1, 40, 2880), (5, 11, 2880), (4, 6, 64)]
-        {
+        for &(m, rows, n) in &[
+            (1, 1, 32),
+            (1, 9, 96),
+            (2, 13, 544),
+            (3, 33, 160),
+            (1, 40, 2880),
+            (5, 11, 2880),
+            (4, 6, 64),
+            (18, 14, 544),
+        ] {
             let wsrc: Vec<f32> =
                 (0..rows * n).map(|_| rng.uniform() * if rng.next_u64() % 5 == 0 { 8.0 } else { 1.0 }).collect();
             let data: Vec<u8> = wsrc.iter().flat_map(|&v| bf16_pair(v).0.to_le_bytes()).collect();
@@ -250,7 +279,7 @@ fn q8_matmul_all_paths_within_stated_bounds() {
             for i in 0..m {
                 for r in 0..rows {
                     let mut b = 0f64;
-                    if m < GEMM_MIN_ROWS {
+                    if m <= INT_GEMV_MAX_ROWS {
                         for g in 0..n / 32 {
                             let xb = &x[i * n + g * 32..i * n + g * 32 + 32];
                             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
@@ -302,8 +331,8 @@ fn kernel_speed() {
     layout::reorder(layout::XLayout::Planes, &x, &mut xp);
     let iters = 200_000;
     let f32_kernel = || unsafe { avx512::mxfp4_dot4(&xp, b, s) };
-    let int8_kernel = || unsafe { avx512::mxfp4_dot4_int8::<false>(&qx.row(0), b, s) };
-    let int16_kernel = || unsafe { avx512::mxfp4_dot4_int8::<true>(&qx.row(0), b, s) };
+    let int8_kernel = || unsafe { avx512::mxfp4_dot4_int8::<false, 1>(&[&qx.row(0)], b, s)[0] };
+    let int16_kernel = || unsafe { avx512::mxfp4_dot4_int8::<true, 1>(&[&qx.row(0)], b, s)[0] };
     let kernels: [(&str, &dyn Fn() -> [f32; 4]); 3] =
         [("f32  ", &f32_kernel), ("int8 ", &int8_kernel), ("int16", &int16_kernel)];
     for (name, f) in kernels {
