@@ -16,10 +16,13 @@ use super::layout::PLANE_GROUP;
 use crate::mxfp4::{BLOCK, BLOCK_BYTES, E2M1, E8M0};
 use std::arch::x86_64::*;
 
-/// Prefetch distance of the f32 MXFP4 GEMV's rows, in bytes (tuned with bench/gemv.rs;
-/// the bf16 GEMV streams one row at a time and is faster with the hardware prefetcher
-/// alone).
+/// Prefetch distances of streamed weight rows, in bytes (tuned with bench/gemv.rs,
+/// alternating). The int8/int16 MXFP4 and bf16 GEMVs prefetch into L2 (T1): a thread's
+/// few L1 miss buffers, not the DRAM, limit its streaming rate, and T1 prefetches do not
+/// hold them (the int16 GEMV read 12.5-13 instead of 9-9.5 GB/s with one thread); the f32
+/// MXFP4 GEMV measured faster with T0.
 const MXFP4_PREFETCH: usize = 2048;
+const BF16_PREFETCH: usize = 2048;
 
 #[inline(always)]
 unsafe fn hsum(v: __m512) -> f32 {
@@ -188,6 +191,8 @@ pub unsafe fn bf16_dot4(x: &[f32], rows: [&[u8]; 4]) -> [f32; 4] {
         let xp = x.as_ptr();
         let mut k = 0;
         while k + 64 <= full {
+            _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(2 * k + BF16_PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(2 * k + BF16_PREFETCH + 64) as *const i8);
             let (e0, o0) = widen32(row.add(2 * k));
             let (e1, o1) = widen32(row.add(2 * k + 64));
             a[0] = _mm512_fmadd_ps(e0, _mm512_loadu_ps(xp.add(k)), a[0]);
@@ -270,7 +275,7 @@ pub unsafe fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4
 /// Groups outer, weight rows next, activation rows inner: each group of codes is
 /// decoded once for the M activation rows, and the activations stay in L1. The four
 /// interleaved weight streams defeat the hardware prefetcher, so each row prefetches the
-/// same group of the row four below it (the next call's rows: rows are consecutive).
+/// same group of the row four below it into L2 (the next call's rows: rows are consecutive).
 ///
 /// # Safety
 /// avx512f/bw/vl/vnni; sizes as for `mxfp4_dot4`, every `xs[i]` quantized in `Grouped`
@@ -301,26 +306,39 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
     }
     let mut acc = [[_mm512_setzero_ps(); 4]; M];
     for g in 0..groups {
+        // The group's codes of the four rows, decoded once.
+        let mut wl = [_mm512_setzero_si512(); 4];
+        let mut wh = [_mm512_setzero_si512(); 4];
+        let mut sc = [_mm512_setzero_ps(); 4];
         for r in 0..4 {
             let bp = blocks[r].as_ptr().add(g * 4 * BLOCK_BYTES);
-            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(ahead) as *const i8);
+            _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(ahead) as *const i8);
             let v = _mm512_loadu_si512(bp as *const __m512i);
-            let wl = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, nib));
-            let wh = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib));
-            let sc = group_scales(scales[r].as_ptr().add(g * 4));
-            for (i, x) in xs.iter().enumerate() {
-                let limb = |q: *const i8, ncorr: *const i32| {
-                    let xe = _mm512_loadu_si512(q.add(g * 128) as *const __m512i);
-                    let xo = _mm512_loadu_si512(q.add(g * 128 + 64) as *const __m512i);
-                    let nc = _mm512_loadu_si512(ncorr.add(g * 16) as *const __m512i);
-                    _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(nc, wl, xe), wh, xo))
-                };
-                let mut f = limb(x.q.as_ptr(), x.lane_neg_corr.as_ptr());
+            wl[r] = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, nib));
+            wh[r] = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib));
+            sc[r] = group_scales(scales[r].as_ptr().add(g * 4));
+        }
+        for (i, x) in xs.iter().enumerate() {
+            let xe = _mm512_loadu_si512(x.q.as_ptr().add(g * 128) as *const __m512i);
+            let xo = _mm512_loadu_si512(x.q.as_ptr().add(g * 128 + 64) as *const __m512i);
+            let nc = _mm512_loadu_si512(x.lane_neg_corr.as_ptr().add(g * 16) as *const __m512i);
+            let (xe2, xo2, nc2) = if TWO {
+                (
+                    _mm512_loadu_si512(x.q2.as_ptr().add(g * 128) as *const __m512i),
+                    _mm512_loadu_si512(x.q2.as_ptr().add(g * 128 + 64) as *const __m512i),
+                    _mm512_loadu_si512(x.lane_neg_corr2.as_ptr().add(g * 16) as *const __m512i),
+                )
+            } else {
+                (xe, xo, nc)
+            };
+            let hd = _mm512_loadu_ps(x.lane_half_d.as_ptr().add(g * 16));
+            for r in 0..4 {
+                let mut f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(nc, wl[r], xe), wh[r], xo));
                 if TWO {
-                    f = _mm512_fmadd_ps(limb(x.q2.as_ptr(), x.lane_neg_corr2.as_ptr()), _mm512_set1_ps(LIMB2), f);
+                    let f2 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(nc2, wl[r], xe2), wh[r], xo2));
+                    f = _mm512_fmadd_ps(f2, _mm512_set1_ps(LIMB2), f);
                 }
-                let hd = _mm512_loadu_ps(x.lane_half_d.as_ptr().add(g * 16));
-                acc[i][r] = _mm512_fmadd_ps(_mm512_mul_ps(f, hd), sc, acc[i][r]);
+                acc[i][r] = _mm512_fmadd_ps(_mm512_mul_ps(f, hd), sc[r], acc[i][r]);
             }
         }
     }
