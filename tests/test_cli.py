@@ -67,3 +67,24 @@ def test_chat_repl_commands(tiny_model_dir, tmp_path):
     out = r.stdout
     assert "(reasoning effort: high)" in out and "usage: /effort low|medium|high" in out
     assert "(conversation reset)" in out
+
+
+def test_bench_json_every_precision():
+    import json
+
+    from .conftest import FIXTURES
+
+    for precision in ("auto", "f32", "q8"):
+        r = run("bench", str(FIXTURES / "tiny-a"), "--prompt-tokens", "20", "--new-tokens", "3", "--depth", "0",
+                "--precision", precision, "--json")
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout)
+        assert res["precision"] == precision
+        assert res["pp20_tok_s"] > 0 and res["tg3_tok_s"] > 0
+        # q8 reads 34 bytes per 32 attention/lm_head weights instead of 64.
+        if precision == "q8":
+            assert res["decode_weight_gb_per_token"] < q8_ref["decode_weight_gb_per_token"]
+        else:
+            q8_ref = res
+    r = run("bench", str(FIXTURES / "tiny-a"), "--precision", "fp8")
+    assert r.returncode != 0 and "precision" in r.stderr

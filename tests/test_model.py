@@ -79,6 +79,18 @@ def test_greedy_tokens_through_session_decode(name, kernels):
     assert toks == g["greedy_tokens"].tolist()
 
 
+def _teacher_forced_logits(m: gn.Model, g: dict) -> np.ndarray:
+    """The logits before each reference greedy token, one-token decode feeding the
+    reference's tokens: [len(greedy_tokens), vocab]."""
+    s = m.session()
+    logits = s.append(g["greedy_prompt"])
+    rows = []
+    for t in g["greedy_tokens"]:
+        rows.append(logits[0])
+        logits = s.append([int(t)])
+    return np.stack(rows)
+
+
 def _check_auto(got: np.ndarray, want: np.ndarray) -> None:
     assert np.max(np.abs(got - want)) <= 5e-2
     top2 = np.sort(want, axis=-1)[:, -2:]
@@ -98,13 +110,7 @@ def test_auto_precision_fidelity(name, kernels):
         s = m.session()
         rows = np.concatenate([s.append([int(t)]) for t in prompt])
         _check_auto(rows[pos], g["logits"][b])
-    s = m.session()
-    logits = s.append(g["greedy_prompt"])
-    rows = []
-    for t in g["greedy_tokens"]:
-        rows.append(logits[0])
-        logits = s.append([int(t)])
-    _check_auto(np.stack(rows), g["greedy_logits"])
+    _check_auto(_teacher_forced_logits(m, g), g["greedy_logits"])
 
 
 def _check_q8(got: np.ndarray, want: np.ndarray) -> None:
@@ -135,13 +141,7 @@ def test_q8_precision_fidelity(name, kernels):
         # Decode (int activations) and prefill (f32 activations, same Q8 weights) agree
         # far more closely than either with the bf16 reference.
         assert np.median(np.abs(rows - prefill).max(-1)) <= 0.01
-    s = m.session()
-    logits = s.append(g["greedy_prompt"])
-    rows = []
-    for t in g["greedy_tokens"]:
-        rows.append(logits[0])
-        logits = s.append([int(t)])
-    _check_q8(np.stack(rows), g["greedy_logits"])
+    _check_q8(_teacher_forced_logits(m, g), g["greedy_logits"])
 
 
 # --- sessions ---------------------------------------------------------------------
