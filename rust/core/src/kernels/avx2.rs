@@ -303,13 +303,14 @@ pub unsafe fn q8_dot4_int8<const TWO: bool>(
 pub const PANEL_ROWS: usize = 6;
 pub const PANEL_TOKENS: usize = 16;
 
-/// Packed GEMM step (see `avx512::gemm_panel`): 6 weight rows x 16 tokens, 12
-/// accumulators in the 16 ymm registers.
+/// Packed GEMM step (see `avx512::gemm_panel`): 6 weight rows x the first 8 V tokens of
+/// a group of 16 (V = 2, or 1 for a short last group), 12 accumulators in the 16 ymm
+/// registers.
 ///
 /// # Safety
 /// avx2/fma; each `w[j]` holds n values, `xg` n * 16, `c` 6 * 16.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn gemm_panel(w: &[&[f32]; PANEL_ROWS], xg: &[f32], n: usize, c: &mut [f32]) {
+pub unsafe fn gemm_panel<const V: usize>(w: &[&[f32]; PANEL_ROWS], xg: &[f32], n: usize, c: &mut [f32]) {
     debug_assert!(xg.len() >= n * PANEL_TOKENS && c.len() >= PANEL_ROWS * PANEL_TOKENS);
     for r in w {
         debug_assert!(r.len() >= n);
@@ -322,14 +323,14 @@ pub unsafe fn gemm_panel(w: &[&[f32]; PANEL_ROWS], xg: &[f32], n: usize, c: &mut
     let mut k0 = 0;
     while k0 < n {
         let k1 = (k0 + super::GEMM_K_CHUNK).min(n);
-        let mut acc = [[_mm256_setzero_ps(); 2]; PANEL_ROWS];
+        let mut acc = [[_mm256_setzero_ps(); V]; PANEL_ROWS];
         for k in k0..k1 {
-            let x0 = _mm256_loadu_ps(xp.add(k * PANEL_TOKENS));
-            let x1 = _mm256_loadu_ps(xp.add(k * PANEL_TOKENS + 8));
+            let xv: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(xp.add(k * PANEL_TOKENS + 8 * v)));
             for j in 0..PANEL_ROWS {
                 let b = _mm256_broadcast_ss(&*wp[j].add(k));
-                acc[j][0] = _mm256_fmadd_ps(b, x0, acc[j][0]);
-                acc[j][1] = _mm256_fmadd_ps(b, x1, acc[j][1]);
+                for v in 0..V {
+                    acc[j][v] = _mm256_fmadd_ps(b, xv[v], acc[j][v]);
+                }
             }
         }
         for (j, a) in acc.iter().enumerate() {

@@ -506,15 +506,17 @@ pub unsafe fn q8_dot4_int8<const TWO: bool>(
 pub const PANEL_ROWS: usize = 12;
 pub const PANEL_TOKENS: usize = 32;
 
-/// Packed GEMM step: c[j][t] = sum_k w[j][k] * xg[k][t] for 12 weight rows and 32 tokens.
-/// Each weight value is broadcast and multiplied with 32 tokens' activations (two
-/// vectors): 24 accumulators, 14 loads per 24 FMAs, and a working set of a few cache
-/// lines per k. Sums run over `super::GEMM_K_CHUNK` values at a time, then add into `c`.
+/// Packed GEMM step: c[j][t] = sum_k w[j][k] * xg[k][t] for 12 weight rows and the first
+/// 16 V tokens of a group of 32 (V = 2; V = 1 for a last group of at most 16 tokens, so
+/// that its padding costs no work). Each weight value is broadcast and multiplied with
+/// the tokens' activations: 24 accumulators, 14 loads per 24 FMAs, and a working set of
+/// a few cache lines per k. Sums run over `super::GEMM_K_CHUNK` values at a time, then
+/// add into `c`.
 ///
 /// # Safety
 /// avx512f; each `w[j]` holds n values, `xg` n * 32 (a packed group), `c` 12 * 32.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn gemm_panel(w: &[&[f32]; PANEL_ROWS], xg: &[f32], n: usize, c: &mut [f32]) {
+pub unsafe fn gemm_panel<const V: usize>(w: &[&[f32]; PANEL_ROWS], xg: &[f32], n: usize, c: &mut [f32]) {
     debug_assert!(xg.len() >= n * PANEL_TOKENS && c.len() >= PANEL_ROWS * PANEL_TOKENS);
     for r in w {
         debug_assert!(r.len() >= n);
@@ -524,17 +526,18 @@ pub unsafe fn gemm_panel(w: &[&[f32]; PANEL_ROWS], xg: &[f32], n: usize, c: &mut
     for v in 0..2 * PANEL_ROWS {
         _mm512_storeu_ps(cp.add(16 * v), _mm512_setzero_ps());
     }
+    debug_assert!(V == 1 || V == 2);
     let mut k0 = 0;
     while k0 < n {
         let k1 = (k0 + super::GEMM_K_CHUNK).min(n);
-        let mut acc = [[_mm512_setzero_ps(); 2]; PANEL_ROWS];
+        let mut acc = [[_mm512_setzero_ps(); V]; PANEL_ROWS];
         for k in k0..k1 {
-            let x0 = _mm512_loadu_ps(xp.add(k * PANEL_TOKENS));
-            let x1 = _mm512_loadu_ps(xp.add(k * PANEL_TOKENS + 16));
+            let xv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(xp.add(k * PANEL_TOKENS + 16 * v)));
             for j in 0..PANEL_ROWS {
                 let b = _mm512_set1_ps(*wp[j].add(k));
-                acc[j][0] = _mm512_fmadd_ps(b, x0, acc[j][0]);
-                acc[j][1] = _mm512_fmadd_ps(b, x1, acc[j][1]);
+                for v in 0..V {
+                    acc[j][v] = _mm512_fmadd_ps(b, xv[v], acc[j][v]);
+                }
             }
         }
         for (j, a) in acc.iter().enumerate() {

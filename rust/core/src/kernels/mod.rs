@@ -86,16 +86,22 @@ fn panel_shape(isa: Isa) -> (usize, usize) {
     }
 }
 
-/// One packed-GEMM step: c[j][t] for the rows `w` and a packed group `xg` of n values.
+/// One packed-GEMM step: c[j][t] for the rows `w` and the first `used` tokens of a packed
+/// group `xg` of n values (the SIMD kernels skip a short last group's padding in halves).
 #[inline]
-fn gemm_panel(isa: Isa, w: &[&[f32]], xg: &[f32], n: usize, c: &mut [f32]) {
+fn gemm_panel(isa: Isa, w: &[&[f32]], xg: &[f32], n: usize, used: usize, c: &mut [f32]) {
+    let half = panel_shape(isa).1 / 2;
     match isa {
         // SAFETY: the path was selected for this CPU; `w` has the ISA's row count (the
         // driver builds it from `panel_shape`), each row n values, xg and c sized alike.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { avx512::gemm_panel(w.try_into().expect("panel rows"), xg, n, c) },
+        Isa::Avx512 if used <= half => unsafe { avx512::gemm_panel::<1>(w.try_into().expect("panel rows"), xg, n, c) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::gemm_panel(w.try_into().expect("panel rows"), xg, n, c) },
+        Isa::Avx512 => unsafe { avx512::gemm_panel::<2>(w.try_into().expect("panel rows"), xg, n, c) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if used <= half => unsafe { avx2::gemm_panel::<1>(w.try_into().expect("panel rows"), xg, n, c) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::gemm_panel::<2>(w.try_into().expect("panel rows"), xg, n, c) },
         _ => generic::gemm_panel(w, xg, n, panel_shape(isa).1, c),
     }
 }
@@ -557,9 +563,10 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
                         for (j, wr) in wrows[..prow].iter_mut().enumerate() {
                             *wr = &dec[(j0 + j).min(nr - 1) * n..][..n];
                         }
-                        gemm_panel(isa, &wrows[..prow], xg, n, c);
+                        let used = (m - g * tokens).min(tokens);
+                        gemm_panel(isa, &wrows[..prow], xg, n, used, c);
                         for j in 0..(nr - j0).min(prow) {
-                            for t in 0..(m - g * tokens).min(tokens) {
+                            for t in 0..used {
                                 write(g * tokens + t, r0 + j0 + j, c[j * tokens + t]);
                             }
                         }
