@@ -82,40 +82,34 @@ class StreamOptions(_Open):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(_Open):
+class _Sampling(_Open):
+    """The fields /v1/chat/completions and /v1/completions share."""
+
     model: Optional[str] = None
+    max_tokens: Optional[int] = Field(default=None, ge=1)
+    temperature: Optional[float] = Field(default=None, ge=0, le=2)
+    top_p: Optional[float] = Field(default=None, gt=0, le=1)
+    seed: Optional[int] = None
+    stop: Union[str, list[str], None] = None
+    presence_penalty: Optional[float] = Field(default=None, ge=-2, le=2)
+    frequency_penalty: Optional[float] = Field(default=None, ge=-2, le=2)
+    n: Optional[int] = Field(default=None, ge=1)
+    stream: Optional[bool] = False
+    stream_options: Optional[StreamOptions] = None
+
+
+class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     tools: Optional[list[ChatTool]] = None
     tool_choice: Union[Literal["auto", "none", "required"], dict[str, Any], None] = None
     reasoning_effort: Optional[Literal["low", "medium", "high"]] = None
-    max_tokens: Optional[int] = Field(default=None, ge=1)
     max_completion_tokens: Optional[int] = Field(default=None, ge=1)
-    temperature: Optional[float] = Field(default=None, ge=0, le=2)
-    top_p: Optional[float] = Field(default=None, gt=0, le=1)
-    seed: Optional[int] = None
-    stop: Union[str, list[str], None] = None
-    presence_penalty: Optional[float] = Field(default=None, ge=-2, le=2)
-    frequency_penalty: Optional[float] = Field(default=None, ge=-2, le=2)
     logprobs: Optional[bool] = None
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
-    n: Optional[int] = Field(default=None, ge=1)
-    stream: Optional[bool] = False
-    stream_options: Optional[StreamOptions] = None
 
 
-class CompletionRequest(_Open):
-    model: Optional[str] = None
+class CompletionRequest(_Sampling):
     prompt: Union[str, list[int]]
-    max_tokens: Optional[int] = Field(default=None, ge=1)
-    temperature: Optional[float] = Field(default=None, ge=0, le=2)
-    top_p: Optional[float] = Field(default=None, gt=0, le=1)
-    seed: Optional[int] = None
-    stop: Union[str, list[str], None] = None
-    presence_penalty: Optional[float] = Field(default=None, ge=-2, le=2)
-    frequency_penalty: Optional[float] = Field(default=None, ge=-2, le=2)
-    n: Optional[int] = Field(default=None, ge=1)
-    stream: Optional[bool] = False
-    stream_options: Optional[StreamOptions] = None
 
 
 class ResponsesReasoning(_Open):
