@@ -35,10 +35,13 @@ impl MatRef {
         Weight::bf16(ck.bytes(&self.t), self.t.shape[0], cols).slice_rows(self.r0, self.r1)
     }
 
-    /// Quantize these rows to Q8 (they are then read from the copy).
+    /// Quantize these rows to Q8 (they are then read from the copy). A matrix whose rows
+    /// are not whole 32-value blocks stays bf16.
     fn quantize_q8(&mut self, ck: &Checkpoint) {
         if let Weight::Bf16 { data, rows, cols } = self.bf16(ck) {
-            self.q8 = Some(Arc::new(Q8Matrix::from_bf16(data, rows, cols)));
+            if cols % BLOCK == 0 {
+                self.q8 = Some(Arc::new(Q8Matrix::from_bf16(data, rows, cols)));
+            }
         }
     }
 }
@@ -174,7 +177,7 @@ impl Weights {
             held += m.q8.as_ref().map_or(0, |q| q.nbytes());
         }
         // After every part of a fused tensor (original/'s qkv) has been quantized.
-        for m in &mats {
+        for m in mats.iter().filter(|m| m.q8.is_some()) {
             ck.release(&m.t);
         }
         held
