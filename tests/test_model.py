@@ -338,6 +338,10 @@ def test_original_layout_gives_the_reference_b_logits(name, tmp_path):
     logits = m.forward(g["input_ids"][0])[g["logits_positions"]]
     assert np.max(np.abs(logits - g["logits_ref_b"][0])) <= 1e-4
     assert m.config.eos_token_id == 200002
+    # q8 quantizes the fused qkv rows per part exactly as the separate q, k, v tensors.
+    q8_fused = gn.load(d, precision="q8").forward(g["input_ids"][0])
+    q8_split = model(name, "q8").forward(g["input_ids"][0])
+    assert np.max(np.abs(q8_fused - q8_split)) <= 1e-5
 
 
 def test_sharded_synthetic_checkpoint_loads(tiny_model_dir):
