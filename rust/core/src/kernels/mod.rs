@@ -515,6 +515,8 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
     };
     if m < GEMM_MIN_ROWS || p.q.is_some() {
         // Weight rows outer: with m > 1 the four rows are still in L1 for the next x row.
+        // The activation rows' views, once per task (not per four weight rows).
+        let qrows = p.q.map(|q| [0, 1, 2, 3].map(|i| q.row(i.min(m - 1))));
         for r in (r0..r1).step_by(4) {
             let rr = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)];
             let emit = |i: usize, d: [f32; 4]| {
@@ -522,18 +524,17 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
                     write(i, r + k, v);
                 }
             };
-            match p.q {
-                Some(q) => {
-                    let [q0, q1, q2, q3] = [0, 1, 2, 3].map(|i| q.row(i.min(m - 1)));
+            match &qrows {
+                Some([q0, q1, q2, q3]) => {
                     let d: &[[f32; 4]] = match (m, p.two) {
-                        (1, true) => &dot4_int8::<true, 1>(isa, &[&q0], w, rr),
-                        (1, false) => &dot4_int8::<false, 1>(isa, &[&q0], w, rr),
-                        (2, true) => &dot4_int8::<true, 2>(isa, &[&q0, &q1], w, rr),
-                        (2, false) => &dot4_int8::<false, 2>(isa, &[&q0, &q1], w, rr),
-                        (3, true) => &dot4_int8::<true, 3>(isa, &[&q0, &q1, &q2], w, rr),
-                        (3, false) => &dot4_int8::<false, 3>(isa, &[&q0, &q1, &q2], w, rr),
-                        (_, true) => &dot4_int8::<true, 4>(isa, &[&q0, &q1, &q2, &q3], w, rr),
-                        (_, false) => &dot4_int8::<false, 4>(isa, &[&q0, &q1, &q2, &q3], w, rr),
+                        (1, true) => &dot4_int8::<true, 1>(isa, &[q0], w, rr),
+                        (1, false) => &dot4_int8::<false, 1>(isa, &[q0], w, rr),
+                        (2, true) => &dot4_int8::<true, 2>(isa, &[q0, q1], w, rr),
+                        (2, false) => &dot4_int8::<false, 2>(isa, &[q0, q1], w, rr),
+                        (3, true) => &dot4_int8::<true, 3>(isa, &[q0, q1, q2], w, rr),
+                        (3, false) => &dot4_int8::<false, 3>(isa, &[q0, q1, q2], w, rr),
+                        (_, true) => &dot4_int8::<true, 4>(isa, &[q0, q1, q2, q3], w, rr),
+                        (_, false) => &dot4_int8::<false, 4>(isa, &[q0, q1, q2, q3], w, rr),
                     };
                     for (i, &di) in d.iter().enumerate() {
                         emit(i, di);
