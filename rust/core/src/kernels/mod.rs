@@ -50,7 +50,7 @@ struct JobScratch {
     /// Quantized activations.
     q: QuantX,
     reordered: bool,
-    int8: bool,
+    path: Path,
     /// A second limb (the "int16" precision).
     two: bool,
     /// Packed-GEMM activations: [groups][n][tokens], zero-padded.
@@ -71,6 +71,42 @@ const GEMM_MAX_TASK_ROWS: usize = 48;
 /// Values a packed-GEMM accumulator sums before it is added into the result (bounds
 /// the f32 rounding growth to ~GEMM_K_CHUNK + n / GEMM_K_CHUNK terms).
 pub(crate) const GEMM_K_CHUNK: usize = 64;
+
+/// How one job's work is done: decided once per call, from its weight format, the
+/// precision and m.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Path {
+    /// m < GEMM_MIN_ROWS with f32 activations: weights streamed, four rows at a time.
+    #[default]
+    Gemv,
+    /// m <= INT_GEMV_MAX_ROWS with quantized activations (MXFP4 at the int precisions;
+    /// Q8 always): each code group decoded once for the m rows.
+    QuantGemv,
+    /// GEMM_MIN_ROWS <= m < PACKED_MIN_ROWS: decoded weight rows, 4x4 dot-product tiles.
+    Tiles,
+    /// m >= PACKED_MIN_ROWS: packed activations, broadcast weights (`gemm_panel`).
+    Packed,
+}
+
+impl Path {
+    fn of(precision: Precision, w: &Weight, m: usize) -> Path {
+        // Q8 weights are only ever multiplied with quantized activations in GEMVs.
+        let quantized = match w {
+            Weight::Mxfp4 { .. } => precision != Precision::F32,
+            Weight::Q8 { .. } => true,
+            Weight::Bf16 { .. } => false,
+        };
+        if quantized && m <= INT_GEMV_MAX_ROWS {
+            Path::QuantGemv
+        } else if m < GEMM_MIN_ROWS {
+            Path::Gemv
+        } else if m < PACKED_MIN_ROWS {
+            Path::Tiles
+        } else {
+            Path::Packed
+        }
+    }
+}
 
 /// The most weight rows any ISA's packed-GEMM step takes.
 const MAX_PANEL_ROWS: usize = 12;
@@ -399,10 +435,14 @@ pub fn matmul(
 
 /// Activations of one job, prepared for its kernels.
 struct Prepared<'a> {
+    path: Path,
+    /// f32 activations (Gemv, Tiles), reordered when the kernels read another order.
     xs: &'a [f32],
+    /// Quantized activations (QuantGemv).
     q: Option<&'a QuantX>,
     two: bool,
-    packed: Option<&'a [f32]>,
+    /// Packed activations (Packed).
+    packed: &'a [f32],
 }
 
 /// Several independent matmuls in one parallel dispatch (the q/k/v projections, the
@@ -421,22 +461,16 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
         if let Some(b) = job.bias {
             assert_eq!(b.len(), rows, "matmul: bias is not [rows]");
         }
-        // Q8 weights are only ever multiplied with quantized activations in GEMVs (two
-        // limbs unless the precision is "int8").
-        js.int8 = m <= INT_GEMV_MAX_ROWS
-            && match job.w {
-                Weight::Mxfp4 { .. } => precision != Precision::F32,
-                Weight::Q8 { .. } => true,
-                Weight::Bf16 { .. } => false,
-            };
+        js.path = Path::of(precision, &job.w, m);
         js.reordered = false;
         if m == 0 {
             continue;
         }
+        // Q8 under "f32" takes two limbs too: only "int8" asks for one.
         js.two = two || (precision == Precision::F32 && matches!(job.w, Weight::Q8 { .. }));
-        if js.int8 {
+        if js.path == Path::QuantGemv {
             js.q.quantize(q_layout(isa, &job.w), js.two, job.x, m, n);
-        } else if m >= PACKED_MIN_ROWS {
+        } else if js.path == Path::Packed {
             pack(job.w.x_layout(isa), panel_shape(isa).1, job.x, m, n, &mut js.x, &mut js.packed);
         } else if let layout @ (XLayout::Split | XLayout::Planes) = job.w.x_layout(isa) {
             if js.x.len() < m * n {
@@ -452,10 +486,11 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
         .iter()
         .zip(scratch.jobs.iter())
         .map(|(job, js)| Prepared {
+            path: js.path,
             xs: if js.reordered { &js.x[..job.m * job.w.cols()] } else { job.x },
-            q: if js.int8 { Some(&js.q) } else { None },
+            q: if js.path == Path::QuantGemv { Some(&js.q) } else { None },
             two: js.two,
-            packed: if job.m >= PACKED_MIN_ROWS && !js.int8 { Some(&js.packed[..]) } else { None },
+            packed: &js.packed,
         })
         .collect();
     // Tasks: (job, first row, end row) over every job's rows.
@@ -467,7 +502,7 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
             continue;
         }
         let mut chunk = chunk_rows(rows, job.w.nbytes() / rows, total_rows);
-        if job.m >= GEMM_MIN_ROWS && prepared[ji].q.is_none() {
+        if matches!(prepared[ji].path, Path::Tiles | Path::Packed) {
             // The GEMM path decodes its rows into a per-thread buffer: keep that in cache.
             chunk = chunk.min(GEMM_MAX_TASK_ROWS);
         }
@@ -513,7 +548,7 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
         // SAFETY: i < m and r in this task's r0..r1: each element written by one task.
         unsafe { *optr.0.add(i * rows + r) = v };
     };
-    if m < GEMM_MIN_ROWS || p.q.is_some() {
+    if matches!(p.path, Path::Gemv | Path::QuantGemv) {
         // Weight rows outer: with m > 1 the four rows are still in L1 for the next x row.
         // The activation rows' views, once per task (not per four weight rows).
         let qrows = p.q.map(|q| [0, 1, 2, 3].map(|i| q.row(i.min(m - 1))));
@@ -550,7 +585,7 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
         return;
     }
     let nr = r1 - r0;
-    if let Some(packed) = p.packed {
+    if p.path == Path::Packed {
         let (prow, tokens) = panel_shape(isa);
         with_thread_buffer(&DECODED, nr * n, |dec| {
             for j in 0..nr {
@@ -558,7 +593,7 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
             }
             with_thread_buffer(&PANEL_OUT, prow * tokens, |c| {
                 let mut wrows: [&[f32]; MAX_PANEL_ROWS] = [&[]; MAX_PANEL_ROWS];
-                for (g, xg) in packed.chunks_exact(n * tokens).enumerate() {
+                for (g, xg) in p.packed.chunks_exact(n * tokens).enumerate() {
                     for j0 in (0..nr).step_by(prow) {
                         // A short last step repeats its last row; those results are dropped.
                         for (j, wr) in wrows[..prow].iter_mut().enumerate() {
