@@ -81,11 +81,6 @@ impl Q8Matrix {
         );
         Q8Matrix { rows, cols, codes, scales }
     }
-
-    /// Bytes held.
-    pub fn nbytes(&self) -> usize {
-        self.codes.len() + 2 * self.scales.len()
-    }
 }
 
 /// A block's scale as f32.

@@ -164,23 +164,20 @@ fn experts(
 impl Weights {
     /// `precision="q8"`: quantize the attention and lm_head matrices to Q8 copies and
     /// unmap their bf16 pages (the router and the embedding stay bf16: the router is
-    /// tiny, and the embedding is read one row per token). Returns the bytes held.
-    pub fn quantize_q8(&mut self, ck: &Checkpoint) -> usize {
+    /// tiny, and the embedding is read one row per token).
+    pub fn quantize_q8(&mut self, ck: &Checkpoint) {
         let mut mats: Vec<&mut MatRef> = Vec::new();
         for l in &mut self.layers {
             mats.extend([&mut l.q, &mut l.k, &mut l.v, &mut l.o]);
         }
         mats.push(&mut self.lm_head);
-        let mut held = 0;
         for m in &mut mats {
             m.quantize_q8(ck);
-            held += m.q8.as_ref().map_or(0, |q| q.nbytes());
         }
         // After every part of a fused tensor (original/'s qkv) has been quantized.
         for m in mats.iter().filter(|m| m.q8.is_some()) {
             ck.release(&m.t);
         }
-        held
     }
 
     /// Find, check and view every tensor the forward pass needs.
