@@ -270,7 +270,7 @@ def create_app(
     """The FastAPI app serving `model` (a loaded gptoss_native.Model)."""
     from . import generate as gen
     from ._errors import ContextLengthError, GptOssError
-    from .chat import ChatEvent, harmony_encoding, render_chat
+    from .chat import ChatEvent, ChatResponse, harmony_encoding, render_chat
 
     name = model_name or os.path.basename(os.path.normpath(str(model.path)))
     created = _now()
@@ -394,6 +394,15 @@ def create_app(
             # A disconnect cancels this coroutine: tell the worker to stop at its next token.
             stop_flag.set()
 
+    async def final_response(prompt: list[int], make_events: Callable[[Any], Iterator[ChatEvent]],
+                             stop_flag: threading.Event) -> ChatResponse:
+        """Run the events to the end (a non-streamed request); the "done" event's response."""
+        resp = None
+        async for ev in run_events(prompt, make_events, stop_flag):
+            if ev.type == "done":
+                resp = ev.response
+        return resp
+
     def chat_events(messages, effort, tools, params, max_new, stop, logprobs, top_logprobs, stop_flag):
         def make(session):
             return gen.chat(model, messages, reasoning_effort=effort, tools=tools, max_new_tokens=max_new, stop=stop,
@@ -458,10 +467,7 @@ def create_app(
                            req.top_logprobs or 0, stop_flag)
         cid = "chatcmpl-" + secrets.token_hex(12)
         if not req.stream:
-            resp = None
-            async for ev in run_events(prompt, make, stop_flag):
-                if ev.type == "done":
-                    resp = ev.response
+            resp = await final_response(prompt, make, stop_flag)
             msg: dict[str, Any] = {"role": "assistant", "content": resp.content if resp.content or not resp.tool_calls else None}
             if resp.reasoning:
                 msg["reasoning_content"] = resp.reasoning
@@ -554,8 +560,6 @@ def create_app(
                 if not new_text.endswith("\ufffd"):  # hold back a split multi-byte character
                     yield ChatEvent("content", new_text[len(text):])
                     text = new_text
-            from .chat import ChatResponse
-
             n = len(out) + (1 if finish == "stop" and not stop_strings else 0)
             yield ChatEvent("done", response=ChatResponse(
                 content=text, finish_reason=finish,
@@ -564,10 +568,7 @@ def create_app(
 
         cid = "cmpl-" + secrets.token_hex(12)
         if not req.stream:
-            resp = None
-            async for ev in run_events(prompt, make, stop_flag):
-                if ev.type == "done":
-                    resp = ev.response
+            resp = await final_response(prompt, make, stop_flag)
             return {"id": cid, "object": "text_completion", "created": _now(), "model": name,
                     "choices": [{"index": 0, "text": resp.content, "logprobs": None, "finish_reason": resp.finish_reason}],
                     "usage": usage_of(resp)}
@@ -691,10 +692,7 @@ def create_app(
         make = chat_events(messages, effort, tools, sampling(req), max_new, None, False, 0, stop_flag)
         rid = "resp_" + secrets.token_hex(12)
         if not req.stream:
-            resp = None
-            async for ev in run_events(prompt, make, stop_flag):
-                if ev.type == "done":
-                    resp = ev.response
+            resp = await final_response(prompt, make, stop_flag)
             status = "incomplete" if resp.finish_reason == "length" else "completed"
             return response_object(rid, resp, status, output_items(resp))
 
