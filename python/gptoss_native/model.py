@@ -231,7 +231,7 @@ def load(
     (default: the config's max_position_embeddings). `precision`: "auto" (the default),
     "f32" (f32 activations everywhere: the reference-exact mode), or "q8" (opt-in: "auto"
     with the attention and lm_head matrices quantized at load to int8 with a bf16 scale
-    per 32 values, read with int8 activations: 2.57 instead of 3.71 GB of weights per
+    per 32 values, read with 16-bit activations: 2.57 instead of 3.71 GB of weights per
     decoded token on gpt-oss-20b, at the fidelity stated in the README).
     """
     if precision not in PRECISIONS:

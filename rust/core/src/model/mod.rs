@@ -56,15 +56,16 @@ impl Model {
         let config = Config::from_file(&cfg_path)?;
         let ckpt = Checkpoint::open_dir(dir)?;
         let mut weights = Weights::load(&ckpt, &config)?;
-        if opts.q8 {
-            weights.quantize_q8(&ckpt);
-        }
         let max_context = opts.max_context.unwrap_or(config.max_position_embeddings);
         if max_context == 0 || max_context > config.max_position_embeddings {
             return Err(Error::Value(format!(
                 "max_context must be in 1..={} (the model's max_position_embeddings), got {max_context}",
                 config.max_position_embeddings
             )));
+        }
+        // Last: seconds of work that a bad argument above should not cost.
+        if opts.q8 {
+            weights.quantize_q8(&ckpt);
         }
         let rope = Rope::new(&config);
         Ok(Model {

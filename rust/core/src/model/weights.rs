@@ -11,15 +11,13 @@ use crate::error::Result;
 use crate::kernels::Weight;
 use crate::mxfp4::{BLOCK, BLOCK_BYTES};
 use crate::q8::Q8Matrix;
-use std::sync::Arc;
 
 /// Rows `r0..r1` of a bf16 matrix tensor, or their Q8 copy (`precision="q8"`).
-#[derive(Clone)]
 pub struct MatRef {
     pub t: TensorInfo,
     pub r0: usize,
     pub r1: usize,
-    pub q8: Option<Arc<Q8Matrix>>,
+    pub q8: Option<Q8Matrix>,
 }
 
 impl MatRef {
@@ -40,7 +38,7 @@ impl MatRef {
     fn quantize_q8(&mut self, ck: &Checkpoint) {
         if let Weight::Bf16 { data, rows, cols } = self.bf16(ck) {
             if cols % BLOCK == 0 {
-                self.q8 = Some(Arc::new(Q8Matrix::from_bf16(data, rows, cols)));
+                self.q8 = Some(Q8Matrix::from_bf16(data, rows, cols));
             }
         }
     }
