@@ -568,3 +568,114 @@ pub unsafe fn bf16_decode(row: &[u8], out: &mut [f32]) {
     }
     crate::bf16::widen(&row[2 * full..2 * n], &mut out[full..]);
 }
+
+use super::QPANEL_ROWS;
+
+/// One MXFP4 row's codes as u8 2*E2M1+12 in natural order (`out.len() == 2 * blocks.len()`):
+/// the unsigned operand of `vpdpbusd` in `qgemm_panel`.
+///
+/// # Safety
+/// avx512f/bw/vl.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn mxfp4_codes(blocks: &[u8], out: &mut [u8]) {
+    use super::quant::W2_PLUS_12;
+    debug_assert_eq!(out.len(), 2 * blocks.len());
+    let lut128 = _mm_loadu_si128(W2_PLUS_12.as_ptr() as *const __m128i);
+    let lut = _mm512_broadcast_i32x4(lut128);
+    let nib = _mm512_set1_epi8(0x0f);
+    // After the byte interleave, 128-bit lane L of `a` holds values 0..16 of block L and
+    // lane L of `b` values 16..32: gather them block by block.
+    let first = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+    let second = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+    let full = blocks.len() / 64 * 64;
+    for i in (0..full).step_by(64) {
+        let v = _mm512_loadu_si512(blocks.as_ptr().add(i) as *const __m512i);
+        let lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, nib));
+        let hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib));
+        let a = _mm512_unpacklo_epi8(lo, hi);
+        let b = _mm512_unpackhi_epi8(lo, hi);
+        let o = out.as_mut_ptr().add(2 * i);
+        _mm512_storeu_si512(o as *mut __m512i, _mm512_permutex2var_epi64(a, first, b));
+        _mm512_storeu_si512(o.add(64) as *mut __m512i, _mm512_permutex2var_epi64(a, second, b));
+    }
+    super::generic::mxfp4_codes(&blocks[full..], &mut out[2 * full..]);
+}
+
+/// Quantized packed-GEMM step ("int8"/"int16" precisions, m >= 16): c[j][16 g + t] for
+/// `QPANEL_ROWS` weight rows and G token groups of a `QPack`. Per block, each quad of 4
+/// weight codes is broadcast and `vpdpbusd` sums it against that quad of all 16 tokens
+/// of a group (exact integer sums from the groups' -12*sum(q) corrections), then each
+/// limb sum is scaled as in `mxfp4_dot4_int8`: (s1 + s2/254) * d/2 * E8M0 scale.
+///
+/// # Safety
+/// avx512f/bw/vl/vnni; `codes[j]` hold 32 * nb bytes, `scales[j]` nb values, each group
+/// is a `QPack` group of nb blocks with 1 + TWO limbs, `c.len() >= QPANEL_ROWS * 16 * G`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn qgemm_panel<const TWO: bool, const G: usize>(
+    codes: [&[u8]; QPANEL_ROWS],
+    scales: [&[f32]; QPANEL_ROWS],
+    xg: [super::quant::QGroup; G],
+    nb: usize,
+    c: &mut [f32],
+) {
+    use super::quant::{LIMB2, QPACK_TOKENS, QUADS};
+    const T: usize = QPACK_TOKENS;
+    let limbs = if TWO { 2 } else { 1 };
+    for j in 0..QPANEL_ROWS {
+        debug_assert!(codes[j].len() >= nb * BLOCK && scales[j].len() >= nb);
+    }
+    for x in &xg {
+        debug_assert!(x.q.len() >= nb * QUADS * limbs * T * 4 && x.half_d.len() >= nb * T);
+    }
+    let mut acc = [[_mm512_setzero_ps(); G]; QPANEL_ROWS];
+    for b in 0..nb {
+        let mut s1 = [[_mm512_setzero_si512(); G]; QPANEL_ROWS];
+        let mut s2 = [[_mm512_setzero_si512(); G]; QPANEL_ROWS];
+        for t in 0..G {
+            let nc = xg[t].neg_corr.as_ptr().add(b * limbs * T);
+            let nc1 = _mm512_loadu_si512(nc as *const __m512i);
+            let nc2 = if TWO { _mm512_loadu_si512(nc.add(T) as *const __m512i) } else { nc1 };
+            for j in 0..QPANEL_ROWS {
+                s1[j][t] = nc1;
+                s2[j][t] = nc2;
+            }
+        }
+        for quad in 0..QUADS {
+            let mut x1 = [_mm512_setzero_si512(); G];
+            let mut x2 = [_mm512_setzero_si512(); G];
+            for t in 0..G {
+                let p = xg[t].q.as_ptr().add((b * QUADS + quad) * limbs * T * 4);
+                x1[t] = _mm512_loadu_si512(p as *const __m512i);
+                if TWO {
+                    x2[t] = _mm512_loadu_si512(p.add(T * 4) as *const __m512i);
+                }
+            }
+            for j in 0..QPANEL_ROWS {
+                let w4 = (codes[j].as_ptr().add(b * BLOCK + quad * 4) as *const i32).read_unaligned();
+                let wb = _mm512_set1_epi32(w4);
+                for t in 0..G {
+                    s1[j][t] = _mm512_dpbusd_epi32(s1[j][t], wb, x1[t]);
+                    if TWO {
+                        s2[j][t] = _mm512_dpbusd_epi32(s2[j][t], wb, x2[t]);
+                    }
+                }
+            }
+        }
+        for t in 0..G {
+            let hd = _mm512_loadu_ps(xg[t].half_d.as_ptr().add(b * T));
+            for j in 0..QPANEL_ROWS {
+                let mut f = _mm512_cvtepi32_ps(s1[j][t]);
+                if TWO {
+                    f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s2[j][t]), _mm512_set1_ps(LIMB2), f);
+                }
+                let s = _mm512_set1_ps(*scales[j].get_unchecked(b));
+                acc[j][t] = _mm512_fmadd_ps(_mm512_mul_ps(f, hd), s, acc[j][t]);
+            }
+        }
+    }
+    for j in 0..QPANEL_ROWS {
+        for t in 0..G {
+            _mm512_storeu_ps(c.as_mut_ptr().add((j * G + t) * T), acc[j][t]);
+        }
+    }
+}

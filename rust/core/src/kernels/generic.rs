@@ -133,3 +133,51 @@ pub fn gemm_panel(w: &[&[f32]], xg: &[f32], n: usize, tokens: usize, c: &mut [f3
         }
     }
 }
+
+/// One MXFP4 row's codes as u8 2*E2M1+12 in natural order (`out.len() == 2 * blocks.len()`).
+pub fn mxfp4_codes(blocks: &[u8], out: &mut [u8]) {
+    use super::quant::W2_PLUS_12;
+    for (o, &byte) in out.chunks_exact_mut(2).zip(blocks) {
+        o[0] = W2_PLUS_12[(byte & 0x0f) as usize];
+        o[1] = W2_PLUS_12[(byte >> 4) as usize];
+    }
+}
+
+/// Quantized packed-GEMM step, any number of rows and groups: c[j][16 g + t] (see
+/// `avx512::qgemm_panel`, whose sums this repeats exactly, in the same order of f32 steps).
+pub fn qgemm_panel<const TWO: bool>(
+    codes: &[&[u8]],
+    scales: &[&[f32]],
+    xg: &[super::quant::QGroup],
+    nb: usize,
+    c: &mut [f32],
+) {
+    use super::quant::{LIMB2, QPACK_TOKENS as T, QUADS};
+    let limbs = if TWO { 2 } else { 1 };
+    let g = xg.len();
+    for (j, (row, sc)) in codes.iter().zip(scales).enumerate() {
+        for (gi, x) in xg.iter().enumerate() {
+            for t in 0..T {
+                let mut acc = 0f32;
+                for b in 0..nb {
+                    let sum = |limb: usize| -> i32 {
+                        let mut s = x.neg_corr[(b * limbs + limb) * T + t];
+                        for quad in 0..QUADS {
+                            let q = &x.q[(((b * QUADS + quad) * limbs + limb) * T + t) * 4..][..4];
+                            for e in 0..4 {
+                                s += row[b * BLOCK + quad * 4 + e] as i32 * q[e] as i32;
+                            }
+                        }
+                        s
+                    };
+                    let mut f = sum(0) as f32;
+                    if TWO {
+                        f = (sum(1) as f32).mul_add(LIMB2, f);
+                    }
+                    acc = (f * x.half_d[b * T + t]).mul_add(sc[b], acc);
+                }
+                c[(j * g + gi) * T + t] = acc;
+            }
+        }
+    }
+}

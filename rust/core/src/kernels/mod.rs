@@ -21,7 +21,7 @@ pub mod quant;
 use crate::cpu::Isa;
 use crate::mxfp4::{BLOCK, BLOCK_BYTES};
 use layout::XLayout;
-use quant::{QLayout, QRow, QuantX};
+use quant::{QLayout, QPack, QRow, QuantX, QPACK_TOKENS};
 
 /// Activation precision of a matmul. Weights are always used exactly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +55,8 @@ struct JobScratch {
     two: bool,
     /// Packed-GEMM activations: [groups][n][tokens], zero-padded.
     packed: Vec<f32>,
+    /// Quantized packed-GEMM activations.
+    qpack: QPack,
 }
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -86,18 +88,32 @@ enum Path {
     Tiles,
     /// m >= PACKED_MIN_ROWS: packed activations, broadcast weights (`gemm_panel`).
     Packed,
+    /// m >= PACKED_MIN_ROWS, MXFP4 at the int precisions where the ISA has integer dot
+    /// products (AVX-512 VNNI, and the scalar twin): quantized activations in token
+    /// groups, exact integer sums per block (`qgemm_panel`).
+    QuantPacked,
 }
 
 impl Path {
-    fn of(precision: Precision, w: &Weight, m: usize) -> Path {
+    fn of(isa: Isa, precision: Precision, w: &Weight, m: usize) -> Path {
         // Q8 weights are only ever multiplied with quantized activations in GEMVs.
         let quantized = match w {
             Weight::Mxfp4 { .. } => precision != Precision::F32,
             Weight::Q8 { .. } => true,
             Weight::Bf16 { .. } => false,
         };
+        let int_gemm = match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => vnni(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx512 => false,
+            Isa::Avx2 => false,
+            Isa::Scalar | Isa::Neon => true,
+        };
         if quantized && m <= INT_GEMV_MAX_ROWS {
             Path::QuantGemv
+        } else if quantized && int_gemm && m >= PACKED_MIN_ROWS && matches!(w, Weight::Mxfp4 { .. }) {
+            Path::QuantPacked
         } else if m < GEMM_MIN_ROWS {
             Path::Gemv
         } else if m < PACKED_MIN_ROWS {
@@ -377,19 +393,19 @@ thread_local! {
 
 /// Run `f` with a thread-local f32 buffer of `len` elements from `key` (grown once, then
 /// reused; a fresh one if the thread's buffer is already in use).
-pub(crate) fn with_thread_buffer<R>(
-    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+pub(crate) fn with_thread_buffer<T: Copy + Default, R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
     len: usize,
-    f: impl FnOnce(&mut [f32]) -> R,
+    f: impl FnOnce(&mut [T]) -> R,
 ) -> R {
     key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
-                buf.resize(len, 0.0);
+                buf.resize(len, T::default());
             }
             f(&mut buf[..len])
         }
-        Err(_) => f(&mut vec![0.0; len]),
+        Err(_) => f(&mut vec![T::default(); len]),
     })
 }
 
@@ -443,6 +459,8 @@ struct Prepared<'a> {
     two: bool,
     /// Packed activations (Packed).
     packed: &'a [f32],
+    /// Quantized packed activations (QuantPacked).
+    qpack: &'a QPack,
 }
 
 /// Several independent matmuls in one parallel dispatch (the q/k/v projections, the
@@ -461,7 +479,7 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
         if let Some(b) = job.bias {
             assert_eq!(b.len(), rows, "matmul: bias is not [rows]");
         }
-        js.path = Path::of(precision, &job.w, m);
+        js.path = Path::of(isa, precision, &job.w, m);
         js.reordered = false;
         if m == 0 {
             continue;
@@ -470,6 +488,8 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
         js.two = two || (precision == Precision::F32 && matches!(job.w, Weight::Q8 { .. }));
         if js.path == Path::QuantGemv {
             js.q.quantize(q_layout(isa, &job.w), js.two, job.x, m, n);
+        } else if js.path == Path::QuantPacked {
+            js.qpack.pack(js.two, job.x, m, n);
         } else if js.path == Path::Packed {
             pack(job.w.x_layout(isa), panel_shape(isa).1, job.x, m, n, &mut js.x, &mut js.packed);
         } else if let layout @ (XLayout::Split | XLayout::Planes) = job.w.x_layout(isa) {
@@ -491,6 +511,7 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
             q: if js.path == Path::QuantGemv { Some(&js.q) } else { None },
             two: js.two,
             packed: &js.packed,
+            qpack: &js.qpack,
         })
         .collect();
     // Tasks: (job, first row, end row) over every job's rows.
@@ -502,7 +523,7 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
             continue;
         }
         let mut chunk = chunk_rows(rows, job.w.nbytes() / rows, total_rows);
-        if matches!(prepared[ji].path, Path::Tiles | Path::Packed) {
+        if matches!(prepared[ji].path, Path::Tiles | Path::Packed | Path::QuantPacked) {
             // The GEMM path decodes its rows into a per-thread buffer: keep that in cache.
             chunk = chunk.min(GEMM_MAX_TASK_ROWS);
         }
@@ -538,6 +559,48 @@ fn pack(layout: XLayout, tokens: usize, x: &[f32], m: usize, n: usize, tmp: &mut
 thread_local! {
     /// One packed-GEMM step's results.
     static PANEL_OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// A task's weight rows as u8 codes (the quantized packed GEMM).
+    static CODES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Weight rows of one quantized packed-GEMM step.
+pub(crate) const QPANEL_ROWS: usize = 4;
+
+/// One MXFP4 row's codes as u8 2*E2M1+12, natural order.
+fn mxfp4_codes(isa: Isa, blocks: &[u8], out: &mut [u8]) {
+    match isa {
+        // SAFETY: the path was selected for this CPU; out is twice the blocks' length.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::mxfp4_codes(blocks, out) },
+        _ => generic::mxfp4_codes(blocks, out),
+    }
+}
+
+/// One quantized packed-GEMM step over one or two token groups.
+fn qgemm_panel(
+    isa: Isa,
+    two: bool,
+    codes: [&[u8]; QPANEL_ROWS],
+    scales: [&[f32]; QPANEL_ROWS],
+    groups: &[quant::QGroup],
+    nb: usize,
+    c: &mut [f32],
+) {
+    match (isa, two, groups) {
+        // SAFETY: QuantPacked is only chosen on AVX-512 with VNNI; the driver sized the
+        // rows (32 * nb codes, nb scales), the groups (packed for nb blocks with the
+        // job's limbs) and c (QPANEL_ROWS * 2 groups * 16).
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, true, &[a, b]) => unsafe { avx512::qgemm_panel::<true, 2>(codes, scales, [a, b], nb, c) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, true, &[a]) => unsafe { avx512::qgemm_panel::<true, 1>(codes, scales, [a], nb, c) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, false, &[a, b]) => unsafe { avx512::qgemm_panel::<false, 2>(codes, scales, [a, b], nb, c) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, false, &[a]) => unsafe { avx512::qgemm_panel::<false, 1>(codes, scales, [a], nb, c) },
+        (_, true, _) => generic::qgemm_panel::<true>(&codes, &scales, groups, nb, c),
+        (_, false, _) => generic::qgemm_panel::<false>(&codes, &scales, groups, nb, c),
+    }
 }
 
 /// Output rows r0..r1 of one job.
@@ -585,6 +648,39 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
         return;
     }
     let nr = r1 - r0;
+    if p.path == Path::QuantPacked {
+        let (nb, qp) = (n / BLOCK, p.qpack);
+        with_thread_buffer(&CODES, nr * n, |codes| {
+            with_thread_buffer(&DECODED, nr * nb, |scales| {
+                for j in 0..nr {
+                    let (blocks, sc) = w.mxfp4_row(r0 + j);
+                    mxfp4_codes(isa, blocks, &mut codes[j * n..(j + 1) * n]);
+                    for (d, &e) in scales[j * nb..(j + 1) * nb].iter_mut().zip(sc) {
+                        *d = crate::mxfp4::E8M0[e as usize];
+                    }
+                }
+                with_thread_buffer(&PANEL_OUT, QPANEL_ROWS * 2 * QPACK_TOKENS, |c| {
+                    for g0 in (0..qp.groups).step_by(2) {
+                        let groups = [qp.group(g0), qp.group((g0 + 1).min(qp.groups - 1))];
+                        let ng = (qp.groups - g0).min(2);
+                        for j0 in (0..nr).step_by(QPANEL_ROWS) {
+                            // A short last step repeats its last row; those results are dropped.
+                            let rows: [usize; QPANEL_ROWS] = std::array::from_fn(|j| (j0 + j).min(nr - 1));
+                            let cr = rows.map(|j| &codes[j * n..(j + 1) * n]);
+                            let sr = rows.map(|j| &scales[j * nb..(j + 1) * nb]);
+                            qgemm_panel(isa, p.two, cr, sr, &groups[..ng], nb, c);
+                            for j in 0..(nr - j0).min(QPANEL_ROWS) {
+                                for t in 0..(m - g0 * QPACK_TOKENS).min(ng * QPACK_TOKENS) {
+                                    write(g0 * QPACK_TOKENS + t, r0 + j0 + j, c[j * ng * QPACK_TOKENS + t]);
+                                }
+                            }
+                        }
+                    }
+                });
+            });
+        });
+        return;
+    }
     if p.path == Path::Packed {
         let (prow, tokens) = panel_shape(isa);
         with_thread_buffer(&DECODED, nr * n, |dec| {

@@ -121,26 +121,8 @@ impl QuantX {
         for i in 0..m {
             for b in 0..nb {
                 let xb = &x[i * n + b * BLOCK..i * n + (b + 1) * BLOCK];
-                let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let finite = xb.iter().all(|v| v.is_finite());
-                // Blocks below TINY (where d would be subnormal) quantize to zero.
-                let (d, inv) = if amax >= TINY && finite { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) };
-                let (mut sum, mut sum2) = (0i32, 0i32);
-                // Round to nearest even by the 1.5 * 2^23 trick (|v * inv| <= 127).
-                const MAGIC: f32 = 12_582_912.0;
-                for ((q, q2), &v) in qb.iter_mut().zip(qb2.iter_mut()).zip(xb) {
-                    let y = v * inv;
-                    let r = ((y + MAGIC) - MAGIC).clamp(-127.0, 127.0);
-                    *q = r as i8;
-                    sum += *q as i32;
-                    if two_limbs {
-                        // y - r is exact (Sterbenz) and in [-0.5, 0.5].
-                        *q2 = ((((y - r) * 254.0) + MAGIC) - MAGIC).clamp(-127.0, 127.0) as i8;
-                        sum2 += *q2 as i32;
-                    }
-                }
-                // A non-finite block makes its result NaN, as f32 arithmetic would.
-                self.half_d[i * nb + b] = if finite { d * 0.5 } else { f32::NAN };
+                let (half_d, sum, sum2) = quantize_block(xb, two_limbs, &mut qb, &mut qb2);
+                self.half_d[i * nb + b] = half_d;
                 self.corr[i * nb + b] = 12 * sum;
                 let lane_range = i * per_row..(i + 1) * per_row;
                 place(
@@ -167,6 +149,105 @@ impl QuantX {
                     self.lane_half_d[first..first + 4].fill(self.half_d[i * nb + b]);
                 }
             }
+        }
+    }
+}
+
+/// Quantize one block into `qb` (and its remainder into `qb2` when `two_limbs`):
+/// returns (d/2, sum(q), sum(q2)). d/2 is NaN for a block with a non-finite value, so
+/// that its results are NaN, as f32 arithmetic would make them.
+fn quantize_block(xb: &[f32], two_limbs: bool, qb: &mut [i8; BLOCK], qb2: &mut [i8; BLOCK]) -> (f32, i32, i32) {
+    let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let finite = xb.iter().all(|v| v.is_finite());
+    // Blocks below TINY (where d would be subnormal) quantize to zero.
+    let (d, inv) = if amax >= TINY && finite { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) };
+    let (mut sum, mut sum2) = (0i32, 0i32);
+    // Round to nearest even by the 1.5 * 2^23 trick (|v * inv| <= 127).
+    const MAGIC: f32 = 12_582_912.0;
+    for ((q, q2), &v) in qb.iter_mut().zip(qb2.iter_mut()).zip(xb) {
+        let y = v * inv;
+        let r = ((y + MAGIC) - MAGIC).clamp(-127.0, 127.0);
+        *q = r as i8;
+        sum += *q as i32;
+        if two_limbs {
+            // y - r is exact (Sterbenz) and in [-0.5, 0.5].
+            *q2 = ((((y - r) * 254.0) + MAGIC) - MAGIC).clamp(-127.0, 127.0) as i8;
+            sum2 += *q2 as i32;
+        }
+    }
+    (if finite { d * 0.5 } else { f32::NAN }, sum, sum2)
+}
+
+/// Tokens per group of a `QPack`.
+pub const QPACK_TOKENS: usize = 16;
+/// Dword quads (4 values each) per 32-value block.
+pub const QUADS: usize = BLOCK / 4;
+
+/// Quantized activations of many rows (the packed GEMM, m >= 16), in groups of
+/// `QPACK_TOKENS` tokens so that one 512-bit register holds one quad of 4 values of each
+/// of the group's 16 tokens: the `vpdpbusd` operand against a broadcast quad of weights.
+/// Tokens past m are zero (d/2 = 0).
+#[derive(Default)]
+pub struct QPack {
+    pub groups: usize,
+    pub nb: usize,
+    pub limbs: usize,
+    /// [groups][nb][QUADS][limbs][16 tokens][4]
+    pub q: Vec<i8>,
+    /// [groups][nb][limbs][16 tokens]: -12 * sum(q) of each token's block
+    pub neg_corr: Vec<i32>,
+    /// [groups][nb][16 tokens]: d/2 of each token's block
+    pub half_d: Vec<f32>,
+}
+
+/// One group of a `QPack`.
+#[derive(Clone, Copy)]
+pub struct QGroup<'a> {
+    pub q: &'a [i8],
+    pub neg_corr: &'a [i32],
+    pub half_d: &'a [f32],
+}
+
+impl QPack {
+    /// Quantize `x` [m, n] (as `QuantX::quantize`: the same values, another order).
+    pub fn pack(&mut self, two_limbs: bool, x: &[f32], m: usize, n: usize) {
+        assert_eq!(n % BLOCK, 0);
+        assert_eq!(x.len(), m * n);
+        let (nb, limbs, groups) = (n / BLOCK, if two_limbs { 2 } else { 1 }, m.div_ceil(QPACK_TOKENS));
+        (self.groups, self.nb, self.limbs) = (groups, nb, limbs);
+        const T: usize = QPACK_TOKENS;
+        self.q.clear();
+        self.q.resize(groups * nb * QUADS * limbs * T * 4, 0);
+        self.neg_corr.clear();
+        self.neg_corr.resize(groups * nb * limbs * T, 0);
+        self.half_d.clear();
+        self.half_d.resize(groups * nb * T, 0.0);
+        let (mut qb, mut qb2) = ([0i8; BLOCK], [0i8; BLOCK]);
+        for i in 0..m {
+            let (g, t) = (i / T, i % T);
+            for b in 0..nb {
+                let (half_d, sum, sum2) =
+                    quantize_block(&x[i * n + b * BLOCK..][..BLOCK], two_limbs, &mut qb, &mut qb2);
+                let gb = g * nb + b;
+                self.half_d[gb * T + t] = half_d;
+                for (limb, (qv, s)) in [(&qb, sum), (&qb2, sum2)].into_iter().take(limbs).enumerate() {
+                    self.neg_corr[(gb * limbs + limb) * T + t] = -12 * s;
+                    for quad in 0..QUADS {
+                        let at = (((gb * QUADS + quad) * limbs + limb) * T + t) * 4;
+                        self.q[at..at + 4].copy_from_slice(&qv[quad * 4..quad * 4 + 4]);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn group(&self, g: usize) -> QGroup<'_> {
+        let (nb, limbs, t) = (self.nb, self.limbs, QPACK_TOKENS);
+        let ql = nb * QUADS * limbs * t * 4;
+        QGroup {
+            q: &self.q[g * ql..(g + 1) * ql],
+            neg_corr: &self.neg_corr[g * nb * limbs * t..(g + 1) * nb * limbs * t],
+            half_d: &self.half_d[g * nb * t..(g + 1) * nb * t],
         }
     }
 }
