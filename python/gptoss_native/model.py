@@ -241,8 +241,9 @@ def load(
     if max_context is not None and (not isinstance(max_context, int) or max_context < 1):
         raise ValueError(f"max_context must be a positive int, got {max_context!r}")
     path = resolve_model_path(path_or_repo_id)
-    # "auto": 16-bit (two int8 limbs) activations for the MXFP4 expert GEMVs; the router,
-    # attention, lm_head and prefill GEMMs keep f32 activations.
+    # "auto": 16-bit (two int8 limbs) activations for the MXFP4 expert matmuls (decode
+    # GEMVs, and prefill GEMMs on AVX-512 VNNI); the router, attention and lm_head keep
+    # f32 activations.
     # "q8": as "auto", plus Q8 copies of the attention and lm_head matrices (held in
     # memory; their bf16 pages are unmapped).
     core = _core.load_model(

@@ -1,13 +1,17 @@
 //! Matmuls over MXFP4 and bf16 weights: y[m, out] = x[m, n] @ W[out, n]^T (+ bias).
 //!
-//! One driver for every weight format and ISA, three shapes of work:
+//! One driver for every weight format and ISA, four shapes of work:
 //! - `m < GEMM_MIN_ROWS` (`m <= INT_GEMV_MAX_ROWS` with quantized activations): GEMV,
 //!   weights streamed straight from memory, four rows at a time;
 //! - `m < PACKED_MIN_ROWS`: small GEMM, a chunk of weight rows decoded to f32 once (in a
 //!   thread-local buffer) and reused for every row of x with 4x4 dot-product tiles;
 //! - larger `m` (prefill): packed GEMM, x packed once per call into groups of tokens
 //!   ([k][token] order), decoded weight values broadcast against a group's tokens
-//!   (`gemm_panel`: 12 rows x 32 tokens of accumulators on AVX-512).
+//!   (`gemm_panel`: 12 rows x 32 tokens of accumulators on AVX-512);
+//! - larger `m`, MXFP4 at the int precisions on CPUs with integer dot products: quantized
+//!   packed GEMM, x quantized once per call into groups of 16 tokens (`quant::QPack`),
+//!   weight codes decoded once per task to u8, exact `vpdpbusd` sums per block
+//!   (`qgemm_panel`: 4 rows x 32 tokens).
 //! Work is split over output rows with rayon, in whatever pool the caller installed.
 
 #[cfg(target_arch = "x86_64")]
@@ -28,8 +32,9 @@ use quant::{QLayout, QPack, QRow, QuantX, QPACK_TOKENS};
 pub enum Precision {
     /// f32 activations: error ~1e-7 of sum|x||w| (tested: 1e-5).
     F32,
-    /// MXFP4 and Q8 GEMVs (m <= INT_GEMV_MAX_ROWS) with activations quantized per 32-block
-    /// to int8 (see `quant`); everything else as `F32`.
+    /// MXFP4 and Q8 GEMVs (m <= INT_GEMV_MAX_ROWS) and MXFP4 packed GEMMs (where the ISA
+    /// has integer dot products, see `Path::QuantPacked`) with activations quantized per
+    /// 32-block to int8 (see `quant`); everything else as `F32`.
     Int8,
     /// As `Int8` with a second int8 limb for the remainder (16-bit activations):
     /// ~250x smaller activation error than `Int8` for ~1.3x its work.

@@ -14,7 +14,8 @@
 //! odd elements, matching the low and high nibbles of the 64 code bytes (blocks past
 //! the last full group hold 16 evens then 16 odds each), and `Lanes` (the SIMD Q8
 //! kernels): natural order, with -128 * (sum of each dword lane's 4 values) per lane,
-//! the correction for Q8's biased codes.
+//! the correction for Q8's biased codes. The packed GEMM takes many rows as a `QPack`:
+//! tokens in groups of 16, each dword quad of a block stored for all 16 tokens side by side.
 
 use crate::mxfp4::BLOCK;
 

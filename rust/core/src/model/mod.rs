@@ -22,8 +22,8 @@ pub struct LoadOptions {
     pub max_context: Option<usize>,
     /// Kernel path (from `cpu::select`).
     pub isa: Isa,
-    /// Activation precision of the MXFP4 expert GEMVs (the router, attention and lm_head
-    /// use f32 activations unless `q8`).
+    /// Activation precision of the MXFP4 expert matmuls (the router, attention and
+    /// lm_head use f32 activations unless `q8`).
     pub precision: Precision,
     /// Quantize the attention and lm_head matrices to Q8 at load (`precision="q8"`).
     pub q8: bool,
