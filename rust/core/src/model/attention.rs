@@ -130,12 +130,23 @@ fn body(g: &Group, scores: &mut [f32], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 unsafe fn body_avx512(g: &Group, scores: &mut [f32], out: &mut [f32]) {
+    match g.head_dim {
+        64 => body_avx512_chunks::<4>(g, scores, out),
+        48 => body_avx512_chunks::<3>(g, scores, out),
+        32 => body_avx512_chunks::<2>(g, scores, out),
+        16 => body_avx512_chunks::<1>(g, scores, out),
+        _ => body(g, scores, out),
+    }
+}
+
+/// `body_avx512` for head_dim = 16 * NC (a constant, so that a key's chunks and the
+/// outputs stay in registers).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn body_avx512_chunks<const NC: usize>(g: &Group, scores: &mut [f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
     let (group, hd, n) = (g.sinks.len(), g.head_dim, g.nkeys);
-    if hd % 16 != 0 || hd > 64 {
-        return body(g, scores, out);
-    }
-    let nc = hd / 16;
+    let nc = NC;
     let scale = _mm512_set1_ps(g.scale);
     let key = |j: usize| g.k.as_ptr().add((g.lo + j) * g.kv_dim + g.off);
     // scores[h][j] = q_h . k_j * scale
@@ -168,13 +179,10 @@ unsafe fn body_avx512(g: &Group, scores: &mut [f32], out: &mut [f32]) {
     // out_h = sum_j p[h][j] v_j, four heads at a time in registers.
     for h0 in (0..group).step_by(4) {
         let hn = (group - h0).min(4);
-        let mut o = [[_mm512_setzero_ps(); 4]; 4];
+        let mut o = [[_mm512_setzero_ps(); NC]; 4];
         for j in 0..n {
             let vp = g.v.as_ptr().add((g.lo + j) * g.kv_dim + g.off);
-            let mut vv = [_mm512_setzero_ps(); 4];
-            for (c, v) in vv.iter_mut().enumerate().take(nc) {
-                *v = _mm512_loadu_ps(vp.add(c * 16));
-            }
+            let vv: [__m512; NC] = std::array::from_fn(|c| _mm512_loadu_ps(vp.add(c * 16)));
             for (hh, oh) in o.iter_mut().enumerate().take(hn) {
                 let p = _mm512_set1_ps(*scores.get_unchecked((h0 + hh) * n + j));
                 for c in 0..nc {
@@ -190,25 +198,28 @@ unsafe fn body_avx512(g: &Group, scores: &mut [f32], out: &mut [f32]) {
     }
 }
 
-/// Lane l of the result = the sum of the 16 lanes of a[l].
+/// Lane l of the result = the sum of the 16 lanes of a[l]. Inlined into its AVX-512
+/// caller (an out-of-line call would pass the 16 vectors through memory).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[inline(always)]
 unsafe fn reduce16(a: &[std::arch::x86_64::__m512; 16]) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
-    // Pairs: per 128-bit lane [x0+x2, y0+y2, x1+x3, y1+y3].
-    let b: [__m512; 8] = std::array::from_fn(|p| {
-        _mm512_add_ps(_mm512_unpacklo_ps(a[2 * p], a[2 * p + 1]), _mm512_unpackhi_ps(a[2 * p], a[2 * p + 1]))
-    });
-    // Quads: per 128-bit lane, that lane's sums of keys 4q..4q+4 in order.
-    let c: [__m512; 4] = std::array::from_fn(|q| {
-        let (x, y) = (_mm512_castps_pd(b[2 * q]), _mm512_castps_pd(b[2 * q + 1]));
+    // Pairs of keys: per 128-bit lane [x0+x2, y0+y2, x1+x3, y1+y3].
+    let pair = |x: __m512, y: __m512| _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+    // Quads: per 128-bit lane, that lane's sums of four keys in order.
+    let quad = |x: __m512, y: __m512| {
+        let (x, y) = (_mm512_castps_pd(x), _mm512_castps_pd(y));
         _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)))
-    });
-    // Across the 128-bit lanes: [c0 L0+L1, c0 L2+L3, c1 L0+L1, c1 L2+L3], then the totals.
+    };
+    // Across the 128-bit lanes: [x L0+L1, x L2+L3, y L0+L1, y L2+L3], then the totals.
     let half = |x: __m512, y: __m512| {
         _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(x, y), _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y))
     };
-    half(half(c[0], c[1]), half(c[2], c[3]))
+    let q0 = quad(pair(a[0], a[1]), pair(a[2], a[3]));
+    let q1 = quad(pair(a[4], a[5]), pair(a[6], a[7]));
+    let q2 = quad(pair(a[8], a[9]), pair(a[10], a[11]));
+    let q3 = quad(pair(a[12], a[13]), pair(a[14], a[15]));
+    half(half(q0, q1), half(q2, q3))
 }
 
 #[cfg(target_arch = "x86_64")]
