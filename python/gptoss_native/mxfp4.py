@@ -56,9 +56,9 @@ def matmul(
     `blocks` is uint8 [out, n/32, 16] and `scales` uint8 [out, n/32]. A 1-D `x` [n]
     gives a 1-D result [out]. `precision="f32"` keeps f32 activations: the error is
     within ~1e-7 (tested: 1e-5) of sum|x||w|. `precision="int8"` quantizes each 32-value
-    block of x to int8 (d = amax/127) for m <= 4 (the GEMV path) and for m >= 16 where
+    block of x to int8 (d = amax/127) for m <= 4 (the GEMV path) and for larger m where
     the CPU has integer dot products (AVX-512 VNNI, and the scalar path; AVX2 keeps f32
-    there), as 5 <= m < 16 always does: the error is at most sum over blocks of amax_b/254 * sum|w_b|, plus f32 rounding.
+    there): the error is at most sum over blocks of amax_b/254 * sum|w_b|, plus f32 rounding.
     `precision="int16"` adds a second int8 limb for the remainder: the same bound with
     amax_b/64516. Blocks with amax below 2^-100 quantize to zero (adding at most
     amax_b * sum|w_b| each).

@@ -601,7 +601,7 @@ pub unsafe fn mxfp4_codes(blocks: &[u8], out: &mut [u8]) {
     super::generic::mxfp4_codes(&blocks[full..], &mut out[2 * full..]);
 }
 
-/// Quantized packed-GEMM step ("int8"/"int16" precisions, m >= 16): c[j][16 g + t] for
+/// Quantized packed-GEMM step ("int8"/"int16" precisions, m > 4): c[j][16 g + t] for
 /// `QPANEL_ROWS` weight rows and G token groups of a `QPack`. Per block, each quad of 4
 /// weight codes is broadcast and `vpdpbusd` sums it against that quad of all 16 tokens
 /// of a group (exact integer sums from the groups' -12*sum(q) corrections), then each

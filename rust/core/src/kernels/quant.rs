@@ -184,7 +184,7 @@ pub const QPACK_TOKENS: usize = 16;
 /// Dword quads (4 values each) per 32-value block.
 pub const QUADS: usize = BLOCK / 4;
 
-/// Quantized activations of many rows (the packed GEMM, m >= 16), in groups of
+/// Quantized activations of many rows (the quantized packed GEMM, m > 4), in groups of
 /// `QPACK_TOKENS` tokens so that one 512-bit register holds one quad of 4 values of each
 /// of the group's 16 tokens: the `vpdpbusd` operand against a broadcast quad of weights.
 /// Tokens past m are zero (d/2 = 0).
