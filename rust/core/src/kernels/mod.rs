@@ -79,8 +79,8 @@ const GEMM_MAX_TASK_ROWS: usize = 48;
 /// the f32 rounding growth to ~GEMM_K_CHUNK + n / GEMM_K_CHUNK terms).
 pub(crate) const GEMM_K_CHUNK: usize = 64;
 
-/// How one job's work is done: decided once per call, from its weight format, the
-/// precision and m.
+/// How one job's work is done: decided once per call, from the ISA, its weight format,
+/// the precision and m.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Path {
     /// m < GEMM_MIN_ROWS with f32 activations: weights streamed, four rows at a time.
@@ -118,7 +118,7 @@ impl Path {
         };
         if quantized && m <= INT_GEMV_MAX_ROWS {
             Path::QuantGemv
-        } else if quantized && int_gemm && m > INT_GEMV_MAX_ROWS && matches!(w, Weight::Mxfp4 { .. }) {
+        } else if quantized && int_gemm && matches!(w, Weight::Mxfp4 { .. }) {
             Path::QuantPacked
         } else if m < GEMM_MIN_ROWS {
             Path::Gemv

@@ -146,7 +146,6 @@ unsafe fn body_avx512(g: &Group, scores: &mut [f32], out: &mut [f32]) {
 unsafe fn body_avx512_chunks<const NC: usize>(g: &Group, scores: &mut [f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
     let (group, hd, n) = (g.sinks.len(), g.head_dim, g.nkeys);
-    let nc = NC;
     let scale = _mm512_set1_ps(g.scale);
     let key = |j: usize| g.k.as_ptr().add((g.lo + j) * g.kv_dim + g.off);
     // scores[h][j] = q_h . k_j * scale
@@ -155,7 +154,7 @@ unsafe fn body_avx512_chunks<const NC: usize>(g: &Group, scores: &mut [f32], out
         for h in 0..group {
             let qh = g.q.as_ptr().add(h * hd);
             let mut acc = [_mm512_setzero_ps(); 16];
-            for c in 0..nc {
+            for c in 0..NC {
                 let qv = _mm512_loadu_ps(qh.add(c * 16));
                 for (l, a) in acc.iter_mut().enumerate() {
                     *a = _mm512_fmadd_ps(qv, _mm512_loadu_ps(key(j0 + l).add(c * 16)), *a);
@@ -169,7 +168,7 @@ unsafe fn body_avx512_chunks<const NC: usize>(g: &Group, scores: &mut [f32], out
         for h in 0..group {
             let qh = g.q.as_ptr().add(h * hd);
             let mut a = _mm512_setzero_ps();
-            for c in 0..nc {
+            for c in 0..NC {
                 a = _mm512_fmadd_ps(_mm512_loadu_ps(qh.add(c * 16)), _mm512_loadu_ps(key(j).add(c * 16)), a);
             }
             scores[h * n + j] = _mm512_reduce_add_ps(a) * g.scale;
@@ -185,14 +184,14 @@ unsafe fn body_avx512_chunks<const NC: usize>(g: &Group, scores: &mut [f32], out
             let vv: [__m512; NC] = std::array::from_fn(|c| _mm512_loadu_ps(vp.add(c * 16)));
             for (hh, oh) in o.iter_mut().enumerate().take(hn) {
                 let p = _mm512_set1_ps(*scores.get_unchecked((h0 + hh) * n + j));
-                for c in 0..nc {
+                for c in 0..NC {
                     oh[c] = _mm512_fmadd_ps(p, vv[c], oh[c]);
                 }
             }
         }
         for (hh, oh) in o.iter().enumerate().take(hn) {
-            for c in 0..nc {
-                _mm512_storeu_ps(out.as_mut_ptr().add((h0 + hh) * hd + c * 16), oh[c]);
+            for (c, &v) in oh.iter().enumerate() {
+                _mm512_storeu_ps(out.as_mut_ptr().add((h0 + hh) * hd + c * 16), v);
             }
         }
     }
