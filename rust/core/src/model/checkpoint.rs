@@ -94,6 +94,8 @@ pub struct TensorInfo {
 pub struct MappedFile {
     pub path: PathBuf,
     pub map: Mmap,
+    /// The open file, for `Checkpoint::read_at` (reads that must not map pages).
+    pub file: File,
 }
 
 /// All tensors of a (possibly sharded) checkpoint.
@@ -206,7 +208,7 @@ impl Checkpoint {
                 }
                 tensors.insert(t.name.clone(), t);
             }
-            files.push(MappedFile { path: path.clone(), map });
+            files.push(MappedFile { path: path.clone(), map, file });
         }
         Ok(Checkpoint { files, tensors })
     }
@@ -295,6 +297,28 @@ impl Checkpoint {
     /// The tensor's bytes, zero-copy from the map (in bounds: checked at open).
     pub fn bytes(&self, t: &TensorInfo) -> &[u8] {
         &self.files[t.file].map[t.start..t.end]
+    }
+
+    /// Copy `out.len()` bytes from `offset` within tensor `t` through a positioned read,
+    /// not the map: rows picked at random (the embedding's, one per token) would otherwise
+    /// map whole neighbourhoods of the file (fault-around, or a 2 MB page where the page
+    /// cache holds huge folios) into this process and grow its RSS by up to the tensor.
+    pub fn read_at(&self, t: &TensorInfo, offset: usize, out: &mut [u8]) -> Result<()> {
+        let start = t.start + offset;
+        assert!(start + out.len() <= t.end, "read_at past the end of tensor {:?}", t.name);
+        let f = &self.files[t.file];
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileExt;
+            f.file.read_exact_at(out, start as u64).or_else(|e| {
+                ck(&f.path, format!("tensor {:?}: cannot read {} bytes at {start}: {e}", t.name, out.len()))
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            out.copy_from_slice(&f.map[start..start + out.len()]);
+            Ok(())
+        }
     }
 
     /// Unmap a tensor's pages from this process once it has been copied elsewhere (the

@@ -43,6 +43,8 @@ const SWIGLU_ALPHA: f32 = 1.702;
 /// Buffers reused from call to call (grown once, never shrunk).
 #[derive(Default)]
 pub struct Workspace {
+    /// One embedding row's bf16 bytes.
+    embed_row: Vec<u8>,
     x: Vec<f32>,
     h: Vec<f32>,
     q: Vec<f32>,
@@ -202,13 +204,16 @@ impl Model {
         let ck = &self.ckpt;
         let w = &self.weights;
 
-        // x = embed[ids]: [T, H]
+        // x = embed[ids]: [T, H], each bf16 row read from the file, not the map (see
+        // `Checkpoint::read_at`: keeps the 1.16 GB table out of the RSS)
         let x = buf(&mut ws.x, t_n * hd);
-        let embed = ck.bytes(&w.embed);
+        let mut row = std::mem::take(&mut ws.embed_row);
+        row.resize(hd * 2, 0);
         for (t, &id) in segs.iter().flat_map(|s| s.ids.iter()).enumerate() {
-            let row = &embed[id as usize * hd * 2..(id as usize + 1) * hd * 2];
-            crate::bf16::widen(row, &mut x[t * hd..(t + 1) * hd]);
+            ck.read_at(&w.embed, id as usize * hd * 2, &mut row)?;
+            crate::bf16::widen(&row, &mut x[t * hd..(t + 1) * hd]);
         }
+        ws.embed_row = row;
         if let Some(hs) = hidden.as_deref_mut() {
             hs.clear();
             hs.extend_from_slice(x);
