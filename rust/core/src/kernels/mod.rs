@@ -717,11 +717,14 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
     let xrow = |i: usize| &p.xs[i.min(m - 1) * n..(i.min(m - 1) + 1) * n];
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && matches!(w, Weight::Bf16 { .. }) {
-        // bf16 rows widen in registers: no decoded copy to write and read back.
-        for i in (0..m).step_by(4) {
-            let xt = [xrow(i), xrow(i + 1), xrow(i + 2), xrow(i + 3)];
-            for r in (r0..r1).step_by(4) {
-                let wt = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)].map(|r| w.bf16_row(r));
+        // bf16 rows widen in registers: no decoded copy to write and read back. Weight
+        // rows outer: four rows (4 x 2n bytes) stay in L1/L2 for every group of four x
+        // rows, so each weight byte comes from memory once (x rows outer streamed the
+        // task's rows from memory once per group: twice for 8 batched tokens).
+        for r in (r0..r1).step_by(4) {
+            let wt = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)].map(|r| w.bf16_row(r));
+            for i in (0..m).step_by(4) {
+                let xt = [xrow(i), xrow(i + 1), xrow(i + 2), xrow(i + 3)];
                 // SAFETY: the path was selected for this CPU; rows hold n values / 2n bytes.
                 let d = unsafe { avx512::bf16_tile(xt, wt, n) };
                 for a in 0..(m - i).min(4) {
