@@ -1,7 +1,11 @@
 //! GEMV at gpt-oss-20b's real shapes, as a fraction of the memory read bandwidth measured
 //! in the same run (alternating passes, same thread count).
 //!
-//!     cargo bench -p gptoss-core --bench gemv [-- --reps N --threads 1,2 --int8 --cache]
+//!     cargo bench -p gptoss-core --bench gemv [-- --reps N --threads 1,2 --int8 --cache --only NAME]
+//!
+//! The Q8 cases are the `precision="q8"` mode's attention and lm_head matrices (int8
+//! codes, a bf16 scale per 32; always multiplied with quantized activations: 16-bit,
+//! or 8-bit with --int8).
 //!
 //! Each case rotates through enough copies of its matrix to exceed the caches by far
 //! (hundreds of MB), so weights come from memory, as in decode. A pass reads every copy
@@ -13,9 +17,16 @@ use gptoss_core::kernels::{self, Weight};
 use std::hint::black_box;
 use std::time::Instant;
 
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Mxfp4,
+    Bf16,
+    Q8,
+}
+
 struct Case {
     name: &'static str,
-    mxfp4: bool,
+    format: Format,
     rows: usize,
     cols: usize,
     copies: usize,
@@ -61,29 +72,39 @@ fn main() {
     println!("kernels: {} ({why}); precision {precision:?}; reps {reps}", isa.name());
 
     let cases = [
-        Case { name: "mxfp4 gate_up 5760x2880", mxfp4: true, rows: 5760, cols: 2880, copies: 64 },
-        Case { name: "mxfp4 down    2880x2880", mxfp4: true, rows: 2880, cols: 2880, copies: 128 },
-        Case { name: "bf16  qkv     5120x2880", mxfp4: false, rows: 5120, cols: 2880, copies: 20 },
-        Case { name: "bf16  lm_head 201088x2880", mxfp4: false, rows: 201088, cols: 2880, copies: 1 },
+        Case { name: "mxfp4 gate_up 5760x2880", format: Format::Mxfp4, rows: 5760, cols: 2880, copies: 64 },
+        Case { name: "mxfp4 down    2880x2880", format: Format::Mxfp4, rows: 2880, cols: 2880, copies: 128 },
+        Case { name: "bf16  qkv     5120x2880", format: Format::Bf16, rows: 5120, cols: 2880, copies: 20 },
+        Case { name: "bf16  lm_head 201088x2880", format: Format::Bf16, rows: 201088, cols: 2880, copies: 1 },
+        Case { name: "q8    qkv     5120x2880", format: Format::Q8, rows: 5120, cols: 2880, copies: 40 },
+        Case { name: "q8    lm_head 201088x2880", format: Format::Q8, rows: 201088, cols: 2880, copies: 1 },
     ];
     println!("{:<28} {:>3} {:>9} {:>9} {:>9} {:>6}", "case", "thr", "MB/pass", "GB/s", "read GB/s", "ratio");
     let l2_cases = [
-        Case { name: "mxfp4 in L2   128x2880", mxfp4: true, rows: 128, cols: 2880, copies: 1 },
-        Case { name: "bf16  in L2   128x2880", mxfp4: false, rows: 128, cols: 2880, copies: 1 },
+        Case { name: "mxfp4 in L2   128x2880", format: Format::Mxfp4, rows: 128, cols: 2880, copies: 1 },
+        Case { name: "bf16  in L2   128x2880", format: Format::Bf16, rows: 128, cols: 2880, copies: 1 },
     ];
     let cases: &[Case] = if in_cache { &l2_cases } else { &cases };
-    for case in cases {
+    // --only NAME: the cases whose name contains NAME (e.g. "q8", "mxfp4").
+    let only = get("--only");
+    for case in cases.iter().filter(|c| only.as_deref().is_none_or(|o| c.name.contains(o))) {
         // One buffer per copy: blocks+scales back to back for MXFP4, bf16 bits otherwise.
         let nb = case.cols / 32;
-        let (bytes_b, bytes_s) =
-            if case.mxfp4 { (case.rows * nb * 16, case.rows * nb) } else { (case.rows * case.cols * 2, 0) };
+        let (bytes_b, bytes_s) = match case.format {
+            Format::Mxfp4 => (case.rows * nb * 16, case.rows * nb),
+            Format::Bf16 => (case.rows * case.cols * 2, 0),
+            // Codes here, the bf16 scales in `q8_scales`.
+            Format::Q8 => (case.rows * case.cols, 0),
+        };
         let copies = if in_cache { 1 } else { case.copies };
         let bufs: Vec<Vec<u8>> = (0..copies)
             .map(|i| {
                 let mut v = vec![0u8; bytes_b + bytes_s];
-                if case.mxfp4 {
+                if case.format == Format::Mxfp4 {
                     fill(&mut v[..bytes_b], 1 + i as u64, 0, 255);
                     fill(&mut v[bytes_b..], 7 + i as u64, 118, 122);
+                } else if case.format == Format::Q8 {
+                    fill(&mut v, 5 + i as u64, 0, 255);
                 } else {
                     // bf16 values of moderate magnitude: high byte 0x3c..0x3e or 0xbc..0xbe.
                     fill(&mut v, 3 + i as u64, 0, 255);
@@ -94,17 +115,21 @@ fn main() {
                 v
             })
             .collect();
+        // bf16 scales of moderate magnitude (~2^-7) for the Q8 cases.
+        let q8_scales: Vec<Vec<u16>> = (0..if case.format == Format::Q8 { copies } else { 0 })
+            .map(|i| (0..case.rows * nb).map(|j| 0x3c00 + ((i + j) % 64) as u16).collect())
+            .collect();
         let weights: Vec<Weight> = bufs
             .iter()
-            .map(|v| {
-                if case.mxfp4 {
-                    Weight::mxfp4(&v[..bytes_b], &v[bytes_b..], case.rows, case.cols)
-                } else {
-                    Weight::bf16(v, case.rows, case.cols)
-                }
+            .enumerate()
+            .map(|(i, v)| match case.format {
+                Format::Mxfp4 => Weight::mxfp4(&v[..bytes_b], &v[bytes_b..], case.rows, case.cols),
+                Format::Bf16 => Weight::bf16(v, case.rows, case.cols),
+                Format::Q8 => Weight::Q8 { codes: v, scales: &q8_scales[i], rows: case.rows, cols: case.cols },
             })
             .collect();
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let total: usize =
+            bufs.iter().map(|b| b.len()).sum::<usize>() + q8_scales.iter().map(|s| 2 * s.len()).sum::<usize>();
         let x: Vec<f32> = (0..case.cols).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
         let mut out = vec![0f32; case.rows];
         let mut scratch = kernels::Scratch::default();
