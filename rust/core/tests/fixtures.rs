@@ -56,6 +56,22 @@ fn paths() -> Vec<Isa> {
     v
 }
 
+/// `read_at` (the embedding's row reads, which must not go through the map) returns the
+/// same bytes as the map, at the first, a middle and the last row.
+#[test]
+fn read_at_matches_the_map() {
+    let dir = fixture("tiny-a");
+    let ck = Checkpoint::open(&Checkpoint::files_in(&dir).unwrap().0).unwrap();
+    let t = ck.get("model.embed_tokens.weight").or_else(|| ck.get("embedding.weight")).unwrap().clone();
+    let (rows, row_bytes) = (t.shape[0], t.shape[1] * 2);
+    let whole = ck.bytes(&t);
+    for r in [0, rows / 2, rows - 1] {
+        let mut buf = vec![0u8; row_bytes];
+        ck.read_at(&t, r * row_bytes, &mut buf).unwrap();
+        assert_eq!(buf, &whole[r * row_bytes..(r + 1) * row_bytes], "row {r}");
+    }
+}
+
 #[test]
 fn rope_inv_freq_matches_reference_table() {
     for name in ["tiny-a", "tiny-b"] {
