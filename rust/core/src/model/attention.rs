@@ -6,17 +6,57 @@
 //!
 //! One body, written so the compiler can vectorize it (independent partial sums, no
 //! reductions across lanes in the inner loops), compiled three times: plain, and with
-//! AVX2 or AVX-512 enabled; `cpu::Isa` picks which at run time.
+//! AVX2 or AVX-512 enabled; `cpu::Isa` picks which at run time. Each is generic over the
+//! cache's element type (f32, or bf16 widened as it is read).
 
 use crate::cpu::Isa;
+use crate::runtime::kv_cache::KvView;
+
+/// An element of cached K/V rows.
+pub trait KvElem: Copy {
+    fn to_f32(self) -> f32;
+    /// 16 consecutive elements as f32.
+    ///
+    /// # Safety
+    /// AVX-512F; 16 elements readable at `p`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_loadu_ps(p)
+    }
+}
+
+/// bf16 bits: the top half of an f32.
+impl KvElem for u16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self as u32) << 16)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const u16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w))
+    }
+}
 
 /// The inputs of one group.
 pub struct Group<'a> {
     /// [group, head_dim]: the query heads sharing this kv head
     pub q: &'a [f32],
     /// the layer's cache, [len, kv_dim]
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+    pub k: KvView<'a>,
+    pub v: KvView<'a>,
     pub kv_dim: usize,
     /// this kv head's offset in a cache row
     pub off: usize,
@@ -53,18 +93,18 @@ pub fn exp(x: f32) -> f32 {
 
 /// a . b with 16 independent partial sums (vectorizable).
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<E: KvElem>(a: &[f32], b: &[E]) -> f32 {
     let mut acc = [0f32; 16];
     let mut ca = a.chunks_exact(16);
     let mut cb = b.chunks_exact(16);
     for (x, y) in (&mut ca).zip(&mut cb) {
         for l in 0..16 {
-            acc[l] += x[l] * y[l];
+            acc[l] += x[l] * y[l].to_f32();
         }
     }
     let mut s = 0f32;
     for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        s += x * y;
+        s += x * y.to_f32();
     }
     acc.iter().sum::<f32>() + s
 }
@@ -99,11 +139,11 @@ fn softmax_with_sinks(sinks: &[f32], n: usize, scores: &mut [f32]) {
 }
 
 #[inline(always)]
-fn body(g: &Group, scores: &mut [f32], out: &mut [f32]) {
+fn body<E: KvElem>(g: &Group, k: &[E], v: &[E], scores: &mut [f32], out: &mut [f32]) {
     let (group, hd, n) = (g.sinks.len(), g.head_dim, g.nkeys);
     for j in 0..n {
         let row = (g.lo + j) * g.kv_dim + g.off;
-        let kr = &g.k[row..row + hd];
+        let kr = &k[row..row + hd];
         for h in 0..group {
             scores[h * n + j] = dot(&g.q[h * hd..(h + 1) * hd], kr) * g.scale;
         }
@@ -112,12 +152,12 @@ fn body(g: &Group, scores: &mut [f32], out: &mut [f32]) {
     out.fill(0.0);
     for j in 0..n {
         let row = (g.lo + j) * g.kv_dim + g.off;
-        let vr = &g.v[row..row + hd];
+        let vr = &v[row..row + hd];
         for h in 0..group {
             let p = scores[h * n + j];
             let o = &mut out[h * hd..(h + 1) * hd];
             for (o, &x) in o.iter_mut().zip(vr) {
-                *o += p * x;
+                *o += p * x.to_f32();
             }
         }
     }
@@ -129,13 +169,13 @@ fn body(g: &Group, scores: &mut [f32], out: &mut [f32]) {
 /// sum each); the weighted sum of V keeps four heads' outputs in registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-unsafe fn body_avx512(g: &Group, scores: &mut [f32], out: &mut [f32]) {
+unsafe fn body_avx512<E: KvElem>(g: &Group, k: &[E], v: &[E], scores: &mut [f32], out: &mut [f32]) {
     match g.head_dim {
-        64 => body_avx512_chunks::<4>(g, scores, out),
-        48 => body_avx512_chunks::<3>(g, scores, out),
-        32 => body_avx512_chunks::<2>(g, scores, out),
-        16 => body_avx512_chunks::<1>(g, scores, out),
-        _ => body(g, scores, out),
+        64 => body_avx512_chunks::<E, 4>(g, k, v, scores, out),
+        48 => body_avx512_chunks::<E, 3>(g, k, v, scores, out),
+        32 => body_avx512_chunks::<E, 2>(g, k, v, scores, out),
+        16 => body_avx512_chunks::<E, 1>(g, k, v, scores, out),
+        _ => body(g, k, v, scores, out),
     }
 }
 
@@ -143,11 +183,17 @@ unsafe fn body_avx512(g: &Group, scores: &mut [f32], out: &mut [f32]) {
 /// outputs stay in registers).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn body_avx512_chunks<const NC: usize>(g: &Group, scores: &mut [f32], out: &mut [f32]) {
+unsafe fn body_avx512_chunks<E: KvElem, const NC: usize>(
+    g: &Group,
+    k: &[E],
+    v: &[E],
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     use std::arch::x86_64::*;
     let (group, hd, n) = (g.sinks.len(), g.head_dim, g.nkeys);
     let scale = _mm512_set1_ps(g.scale);
-    let key = |j: usize| g.k.as_ptr().add((g.lo + j) * g.kv_dim + g.off);
+    let key = |j: usize| k.as_ptr().add((g.lo + j) * g.kv_dim + g.off);
     // scores[h][j] = q_h . k_j * scale
     let full = n / 16 * 16;
     for j0 in (0..full).step_by(16) {
@@ -157,7 +203,7 @@ unsafe fn body_avx512_chunks<const NC: usize>(g: &Group, scores: &mut [f32], out
             for c in 0..NC {
                 let qv = _mm512_loadu_ps(qh.add(c * 16));
                 for (l, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(qv, _mm512_loadu_ps(key(j0 + l).add(c * 16)), *a);
+                    *a = _mm512_fmadd_ps(qv, E::load16(key(j0 + l).add(c * 16)), *a);
                 }
             }
             let s = _mm512_mul_ps(reduce16(&acc), scale);
@@ -169,7 +215,7 @@ unsafe fn body_avx512_chunks<const NC: usize>(g: &Group, scores: &mut [f32], out
             let qh = g.q.as_ptr().add(h * hd);
             let mut a = _mm512_setzero_ps();
             for c in 0..NC {
-                a = _mm512_fmadd_ps(_mm512_loadu_ps(qh.add(c * 16)), _mm512_loadu_ps(key(j).add(c * 16)), a);
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(qh.add(c * 16)), E::load16(key(j).add(c * 16)), a);
             }
             scores[h * n + j] = _mm512_reduce_add_ps(a) * g.scale;
         }
@@ -180,8 +226,8 @@ unsafe fn body_avx512_chunks<const NC: usize>(g: &Group, scores: &mut [f32], out
         let hn = (group - h0).min(4);
         let mut o = [[_mm512_setzero_ps(); NC]; 4];
         for j in 0..n {
-            let vp = g.v.as_ptr().add((g.lo + j) * g.kv_dim + g.off);
-            let vv: [__m512; NC] = std::array::from_fn(|c| _mm512_loadu_ps(vp.add(c * 16)));
+            let vp = v.as_ptr().add((g.lo + j) * g.kv_dim + g.off);
+            let vv: [__m512; NC] = std::array::from_fn(|c| E::load16(vp.add(c * 16)));
             for (hh, oh) in o.iter_mut().enumerate().take(hn) {
                 let p = _mm512_set1_ps(*scores.get_unchecked((h0 + hh) * n + j));
                 for c in 0..NC {
@@ -223,28 +269,37 @@ unsafe fn reduce16(a: &[std::arch::x86_64::__m512; 16]) -> std::arch::x86_64::__
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn body_avx2(g: &Group, scores: &mut [f32], out: &mut [f32]) {
-    body(g, scores, out)
+unsafe fn body_avx2<E: KvElem>(g: &Group, k: &[E], v: &[E], scores: &mut [f32], out: &mut [f32]) {
+    body(g, k, v, scores, out)
 }
 
 /// Attention of one group: `scores` is scratch of at least group * nkeys; `out` is
 /// [group, head_dim].
 pub fn attend_group(isa: Isa, g: &Group, scores: &mut [f32], out: &mut [f32]) {
+    match (g.k, g.v) {
+        (KvView::F32(k), KvView::F32(v)) => attend_rows(isa, g, k, v, scores, out),
+        (KvView::Bf16(k), KvView::Bf16(v)) => attend_rows(isa, g, k, v, scores, out),
+        _ => panic!("K and V rows of one cache have one element type"),
+    }
+}
+
+fn attend_rows<E: KvElem>(isa: Isa, g: &Group, k: &[E], v: &[E], scores: &mut [f32], out: &mut [f32]) {
     assert!(scores.len() >= g.sinks.len() * g.nkeys && out.len() == g.sinks.len() * g.head_dim);
-    assert!((g.lo + g.nkeys) * g.kv_dim <= g.k.len() && g.off + g.head_dim <= g.kv_dim);
+    assert!((g.lo + g.nkeys) * g.kv_dim <= k.len().min(v.len()) && g.off + g.head_dim <= g.kv_dim);
     match isa {
         // SAFETY: `isa` comes from `cpu::select`, which checked the CPU has these features.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { body_avx512(g, scores, out) },
+        Isa::Avx512 => unsafe { body_avx512(g, k, v, scores, out) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { body_avx2(g, scores, out) },
-        _ => body(g, scores, out),
+        Isa::Avx2 => unsafe { body_avx2(g, k, v, scores, out) },
+        _ => body(g, k, v, scores, out),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bf16;
 
     #[test]
     fn exp_is_accurate() {
@@ -274,12 +329,24 @@ mod tests {
         ] {
             let f = |i: usize| ((i * 2654435761) % 1000) as f32 / 500.0 - 1.0;
             let q: Vec<f32> = (0..group * hd).map(f).collect();
-            let k: Vec<f32> = (0..len * kv_dim).map(|i| f(i + 7)).collect();
-            let v: Vec<f32> = (0..len * kv_dim).map(|i| f(i + 13)).collect();
+            let k32: Vec<f32> = (0..len * kv_dim).map(|i| f(i + 7)).collect();
+            let v32: Vec<f32> = (0..len * kv_dim).map(|i| f(i + 13)).collect();
             let sinks: Vec<f32> = (0..group).map(|h| [0.3f32, -1.0, 2.0][h % 3] + h as f32 * 0.1).collect();
             let scale = 1.0 / (hd as f32).sqrt();
-            let g = Group { q: &q, k: &k, v: &v, kv_dim, off, lo, nkeys, head_dim: hd, sinks: &sinks, scale };
-            for isa in Isa::available() {
+            // The same cache as bf16 rows; its reference reads the rounded values.
+            let (k16, v16): (Vec<u16>, Vec<u16>) =
+                (k32.iter().map(|&x| bf16::from_f32(x)).collect(), v32.iter().map(|&x| bf16::from_f32(x)).collect());
+            let (k16f, v16f): (Vec<f32>, Vec<f32>) =
+                (k16.iter().map(|&b| b.to_f32()).collect(), v16.iter().map(|&b| b.to_f32()).collect());
+            let caches = [
+                (KvView::F32(&k32), KvView::F32(&v32), &k32, &v32),
+                (KvView::Bf16(&k16), KvView::Bf16(&v16), &k16f, &v16f),
+            ];
+            for ((kview, vview, k, v), isa) in
+                caches.iter().flat_map(|c| Isa::available().into_iter().map(move |isa| (c, isa)))
+            {
+                let g =
+                    Group { q: &q, k: *kview, v: *vview, kv_dim, off, lo, nkeys, head_dim: hd, sinks: &sinks, scale };
                 let mut scores = vec![0f32; group * nkeys];
                 let mut out = vec![0f32; group * hd];
                 attend_group(isa, &g, &mut scores, &mut out);
@@ -299,7 +366,8 @@ mod tests {
                         let got = out[h * hd + d] as f64;
                         assert!(
                             (got - want).abs() < 1e-5,
-                            "{isa:?} {group}x{hd} keys {nkeys} h{h} d{d}: {got} vs {want}"
+                            "{isa:?} {group}x{hd} keys {nkeys} h{h} d{d} ({} rows): {got} vs {want}",
+                            if matches!(kview, KvView::F32(_)) { "f32" } else { "bf16" }
                         );
                     }
                 }
