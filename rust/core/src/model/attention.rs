@@ -10,7 +10,7 @@
 //! cache's element type (f32, or bf16 widened as it is read).
 
 use crate::cpu::Isa;
-use crate::runtime::kv_cache::KvView;
+use crate::runtime::kv_cache::KvRows;
 
 /// An element of cached K/V rows.
 pub trait KvElem: Copy {
@@ -55,8 +55,7 @@ pub struct Group<'a> {
     /// [group, head_dim]: the query heads sharing this kv head
     pub q: &'a [f32],
     /// the layer's cache, [len, kv_dim]
-    pub k: KvView<'a>,
-    pub v: KvView<'a>,
+    pub kv: KvRows<'a>,
     pub kv_dim: usize,
     /// this kv head's offset in a cache row
     pub off: usize,
@@ -276,10 +275,9 @@ unsafe fn body_avx2<E: KvElem>(g: &Group, k: &[E], v: &[E], scores: &mut [f32], 
 /// Attention of one group: `scores` is scratch of at least group * nkeys; `out` is
 /// [group, head_dim].
 pub fn attend_group(isa: Isa, g: &Group, scores: &mut [f32], out: &mut [f32]) {
-    match (g.k, g.v) {
-        (KvView::F32(k), KvView::F32(v)) => attend_rows(isa, g, k, v, scores, out),
-        (KvView::Bf16(k), KvView::Bf16(v)) => attend_rows(isa, g, k, v, scores, out),
-        _ => panic!("K and V rows of one cache have one element type"),
+    match g.kv {
+        KvRows::F32 { k, v } => attend_rows(isa, g, k, v, scores, out),
+        KvRows::Bf16 { k, v } => attend_rows(isa, g, k, v, scores, out),
     }
 }
 
@@ -338,15 +336,11 @@ mod tests {
                 (k32.iter().map(|&x| bf16::from_f32(x)).collect(), v32.iter().map(|&x| bf16::from_f32(x)).collect());
             let (k16f, v16f): (Vec<f32>, Vec<f32>) =
                 (k16.iter().map(|&b| b.to_f32()).collect(), v16.iter().map(|&b| b.to_f32()).collect());
-            let caches = [
-                (KvView::F32(&k32), KvView::F32(&v32), &k32, &v32),
-                (KvView::Bf16(&k16), KvView::Bf16(&v16), &k16f, &v16f),
-            ];
-            for ((kview, vview, k, v), isa) in
-                caches.iter().flat_map(|c| Isa::available().into_iter().map(move |isa| (c, isa)))
+            let caches =
+                [(KvRows::F32 { k: &k32, v: &v32 }, &k32, &v32), (KvRows::Bf16 { k: &k16, v: &v16 }, &k16f, &v16f)];
+            for ((rows, k, v), isa) in caches.iter().flat_map(|c| Isa::available().into_iter().map(move |isa| (c, isa)))
             {
-                let g =
-                    Group { q: &q, k: *kview, v: *vview, kv_dim, off, lo, nkeys, head_dim: hd, sinks: &sinks, scale };
+                let g = Group { q: &q, kv: *rows, kv_dim, off, lo, nkeys, head_dim: hd, sinks: &sinks, scale };
                 let mut scores = vec![0f32; group * nkeys];
                 let mut out = vec![0f32; group * hd];
                 attend_group(isa, &g, &mut scores, &mut out);
@@ -367,7 +361,7 @@ mod tests {
                         assert!(
                             (got - want).abs() < 1e-5,
                             "{isa:?} {group}x{hd} keys {nkeys} h{h} d{d} ({} rows): {got} vs {want}",
-                            if matches!(kview, KvView::F32(_)) { "f32" } else { "bf16" }
+                            if matches!(rows, KvRows::F32 { .. }) { "f32" } else { "bf16" }
                         );
                     }
                 }

@@ -317,8 +317,8 @@ impl Model {
         for seg in segs.iter_mut() {
             let n = seg.ids.len();
             let kv = &mut seg.cache.layers[li];
-            kv.k.extend_from_f32(&k[first * kv_dim..(first + n) * kv_dim]);
-            kv.v.extend_from_f32(&v[first * kv_dim..(first + n) * kv_dim]);
+            let rows = first * kv_dim..(first + n) * kv_dim;
+            kv.extend_from_f32(&k[rows.clone()], &v[rows]);
             first += n;
         }
 
@@ -364,8 +364,7 @@ impl Model {
             let heads = g * group..(g + 1) * group;
             let args = attention::Group {
                 q: &q[t * q_dim + heads.start * head_dim..t * q_dim + heads.end * head_dim],
-                k: kv.k.view(),
-                v: kv.v.view(),
+                kv: kv.view(),
                 kv_dim,
                 off: g * head_dim,
                 lo,

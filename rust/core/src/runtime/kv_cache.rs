@@ -24,78 +24,72 @@ pub enum KvDtype {
     Bf16,
 }
 
-/// One layer's K or V rows, [len, kv_dim].
-pub enum KvRows {
-    F32(Vec<f32>),
-    Bf16(Vec<u16>),
+/// One layer's K and V rows, each [len, kv_dim], in one element type.
+pub enum LayerKv {
+    F32 { k: Vec<f32>, v: Vec<f32> },
+    Bf16 { k: Vec<u16>, v: Vec<u16> },
 }
 
-/// A read-only view of `KvRows`.
+/// A read-only view of a `LayerKv`.
 #[derive(Clone, Copy)]
-pub enum KvView<'a> {
-    F32(&'a [f32]),
-    Bf16(&'a [u16]),
+pub enum KvRows<'a> {
+    F32 { k: &'a [f32], v: &'a [f32] },
+    Bf16 { k: &'a [u16], v: &'a [u16] },
 }
 
-impl KvView<'_> {
-    /// Values held.
-    pub fn len(&self) -> usize {
-        match self {
-            KvView::F32(v) => v.len(),
-            KvView::Bf16(v) => v.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl KvRows {
-    fn with_capacity(dtype: KvDtype, n: usize) -> KvRows {
+impl LayerKv {
+    fn with_capacity(dtype: KvDtype, n: usize) -> LayerKv {
         match dtype {
-            KvDtype::F32 => KvRows::F32(Vec::with_capacity(n)),
-            KvDtype::Bf16 => KvRows::Bf16(Vec::with_capacity(n)),
+            KvDtype::F32 => LayerKv::F32 { k: Vec::with_capacity(n), v: Vec::with_capacity(n) },
+            KvDtype::Bf16 => LayerKv::Bf16 { k: Vec::with_capacity(n), v: Vec::with_capacity(n) },
         }
     }
 
-    /// Values held.
+    /// Values held in K (and in V).
     pub fn len(&self) -> usize {
-        self.view().len()
+        match self {
+            LayerKv::F32 { k, .. } => k.len(),
+            LayerKv::Bf16 { k, .. } => k.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    pub fn truncate(&mut self, n: usize) {
+    fn truncate(&mut self, n: usize) {
         match self {
-            KvRows::F32(v) => v.truncate(n),
-            KvRows::Bf16(v) => v.truncate(n),
+            LayerKv::F32 { k, v } => {
+                k.truncate(n);
+                v.truncate(n);
+            }
+            LayerKv::Bf16 { k, v } => {
+                k.truncate(n);
+                v.truncate(n);
+            }
         }
     }
 
-    /// Append rows given in f32 (rounded when stored as bf16).
-    pub fn extend_from_f32(&mut self, x: &[f32]) {
+    /// Append K and V rows given in f32 (rounded to nearest even when stored as bf16).
+    pub fn extend_from_f32(&mut self, new_k: &[f32], new_v: &[f32]) {
         match self {
-            KvRows::F32(v) => v.extend_from_slice(x),
-            KvRows::Bf16(v) => v.extend(x.iter().map(|&f| crate::bf16::from_f32(f))),
+            LayerKv::F32 { k, v } => {
+                k.extend_from_slice(new_k);
+                v.extend_from_slice(new_v);
+            }
+            LayerKv::Bf16 { k, v } => {
+                k.extend(new_k.iter().map(|&f| crate::bf16::from_f32(f)));
+                v.extend(new_v.iter().map(|&f| crate::bf16::from_f32(f)));
+            }
         }
     }
 
-    pub fn view(&self) -> KvView<'_> {
+    pub fn view(&self) -> KvRows<'_> {
         match self {
-            KvRows::F32(v) => KvView::F32(v),
-            KvRows::Bf16(v) => KvView::Bf16(v),
+            LayerKv::F32 { k, v } => KvRows::F32 { k, v },
+            LayerKv::Bf16 { k, v } => KvRows::Bf16 { k, v },
         }
     }
-}
-
-pub struct LayerKv {
-    /// [len, kv_dim]
-    pub k: KvRows,
-    /// [len, kv_dim]
-    pub v: KvRows,
 }
 
 pub struct KvCache {
@@ -107,12 +101,7 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(num_layers: usize, kv_dim: usize, max_context: usize, dtype: KvDtype) -> KvCache {
-        let layers = (0..num_layers)
-            .map(|_| LayerKv {
-                k: KvRows::with_capacity(dtype, max_context * kv_dim),
-                v: KvRows::with_capacity(dtype, max_context * kv_dim),
-            })
-            .collect();
+        let layers = (0..num_layers).map(|_| LayerKv::with_capacity(dtype, max_context * kv_dim)).collect();
         KvCache { layers, kv_dim, max_context, len: 0 }
     }
 
@@ -143,7 +132,7 @@ impl KvCache {
     pub(crate) fn commit(&mut self, n: usize) {
         self.len += n;
         for l in &self.layers {
-            debug_assert_eq!(l.k.len(), self.len * self.kv_dim);
+            debug_assert_eq!(l.len(), self.len * self.kv_dim);
         }
     }
 
@@ -153,8 +142,7 @@ impl KvCache {
             return Err(Error::Value(format!("cannot truncate to {n} tokens: the cache holds {}", self.len)));
         }
         for l in &mut self.layers {
-            l.k.truncate(n * self.kv_dim);
-            l.v.truncate(n * self.kv_dim);
+            l.truncate(n * self.kv_dim);
         }
         self.len = n;
         Ok(())
@@ -164,8 +152,7 @@ impl KvCache {
     pub(crate) fn rollback(&mut self) {
         let keep = self.len * self.kv_dim;
         for l in &mut self.layers {
-            l.k.truncate(keep);
-            l.v.truncate(keep);
+            l.truncate(keep);
         }
     }
 }
