@@ -1,9 +1,15 @@
 //! bfloat16 <-> f32. bf16 is the top half of an f32, so widening is exact.
 
+/// Widen bf16 bits to f32.
+#[inline(always)]
+pub fn bits_to_f32(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
 /// Widen one little-endian bf16 (two bytes) to f32.
 #[inline(always)]
 pub fn to_f32(lo: u8, hi: u8) -> f32 {
-    f32::from_bits(((hi as u32) << 24) | ((lo as u32) << 16))
+    bits_to_f32(u16::from_le_bytes([lo, hi]))
 }
 
 /// Round an f32 to bf16 bits, to nearest, ties to even (as torch does). NaN stays NaN.

@@ -86,7 +86,7 @@ impl Q8Matrix {
 /// A block's scale as f32.
 #[inline]
 pub fn scale(bits: u16) -> f32 {
-    f32::from_bits((bits as u32) << 16)
+    crate::bf16::bits_to_f32(bits)
 }
 
 /// Decode one row (codes [cols], scales [cols/32]) to f32.

@@ -263,7 +263,7 @@ fn quantized_gemm_kernels_match_their_scalar_twins() {
 /// bf16 bits of `v` (round to nearest even) and their value.
 fn bf16_pair(v: f32) -> (u16, f32) {
     let b = crate::bf16::from_f32(v);
-    (b, f32::from_bits((b as u32) << 16))
+    (b, crate::bf16::bits_to_f32(b))
 }
 
 #[test]

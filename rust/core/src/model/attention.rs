@@ -39,7 +39,7 @@ impl KvElem for f32 {
 impl KvElem for u16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
-        f32::from_bits((self as u32) << 16)
+        crate::bf16::bits_to_f32(self)
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
