@@ -15,7 +15,7 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL.
     Avx512,
-    /// aarch64 NEON (no NEON kernels yet: it runs the scalar twins).
+    /// aarch64 NEON.
     Neon,
 }
 
@@ -99,8 +99,9 @@ pub fn best() -> Isa {
         Isa::Avx512
     } else if Isa::Avx2.supported() {
         Isa::Avx2
+    } else if Isa::Neon.supported() {
+        Isa::Neon
     } else {
-        // NEON has no kernels of its own yet: the scalar twins are what run there.
         Isa::Scalar
     }
 }
@@ -129,7 +130,6 @@ pub fn select(forced: Option<&str>) -> Result<(Isa, String)> {
                     Isa::available().iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
                 )));
             }
-            let isa = if isa == Isa::Neon { Isa::Scalar } else { isa };
             Ok((isa, format!("forced by {source}={s}")))
         }
     }

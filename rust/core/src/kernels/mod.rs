@@ -20,6 +20,8 @@ pub mod avx2;
 pub mod avx512;
 pub mod generic;
 pub mod layout;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod quant;
 
 use crate::cpu::Isa;
@@ -113,8 +115,10 @@ impl Path {
             Isa::Avx512 => vnni(),
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx512 => false,
-            Isa::Avx2 => false,
-            Isa::Scalar | Isa::Neon => true,
+            // NEON's prefill GEMMs keep f32 activations (its packed f32 GEMM is far
+            // faster than the scalar quantized one).
+            Isa::Avx2 | Isa::Neon => false,
+            Isa::Scalar => true,
         };
         if quantized && m <= INT_GEMV_MAX_ROWS {
             Path::QuantGemv
@@ -140,6 +144,8 @@ fn panel_shape(isa: Isa) -> (usize, usize) {
         Isa::Avx512 => (avx512::PANEL_ROWS, avx512::PANEL_TOKENS),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => (avx2::PANEL_ROWS, avx2::PANEL_TOKENS),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => (neon::PANEL_ROWS, neon::PANEL_TOKENS),
         _ => (4, 16),
     }
 }
@@ -147,7 +153,9 @@ fn panel_shape(isa: Isa) -> (usize, usize) {
 /// One packed-GEMM step: c[j][t] for the rows `w` and the first `used` tokens of a packed
 /// group `xg` of n values (the SIMD kernels skip a short last group's padding in halves).
 #[inline]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn gemm_panel(isa: Isa, w: &[&[f32]], xg: &[f32], n: usize, used: usize, c: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
     let half = panel_shape(isa).1 / 2;
     match isa {
         // SAFETY: the path was selected for this CPU; `w` has the ISA's row count (the
@@ -160,6 +168,9 @@ fn gemm_panel(isa: Isa, w: &[&[f32]], xg: &[f32], n: usize, used: usize, c: &mut
         Isa::Avx2 if used <= half => unsafe { avx2::gemm_panel::<1>(w.try_into().expect("panel rows"), xg, n, c) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::gemm_panel::<2>(w.try_into().expect("panel rows"), xg, n, c) },
+        // NEON computes the whole group (a short group's padding is zeros).
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe { neon::gemm_panel(w.try_into().expect("panel rows"), xg, n, c) },
         _ => generic::gemm_panel(w, xg, n, panel_shape(isa).1, c),
     }
 }
@@ -283,6 +294,8 @@ fn dot4(isa: Isa, x: &[f32], w: &Weight, r: [usize; 4]) -> [f32; 4] {
                 Isa::Avx512 => unsafe { avx512::mxfp4_dot4(x, b, s) },
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { avx2::mxfp4_dot4(x, b, s) },
+                #[cfg(target_arch = "aarch64")]
+                Isa::Neon => unsafe { neon::mxfp4_dot4(x, b, s) },
                 _ => generic::mxfp4_dot4(x, b, s),
             }
         }
@@ -293,6 +306,8 @@ fn dot4(isa: Isa, x: &[f32], w: &Weight, r: [usize; 4]) -> [f32; 4] {
                 Isa::Avx512 => unsafe { avx512::bf16_dot4(x, rows) },
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { avx2::bf16_dot4(x, rows) },
+                #[cfg(target_arch = "aarch64")]
+                Isa::Neon => unsafe { neon::bf16_dot4(x, rows) },
                 _ => generic::bf16_dot4(x, rows),
             }
         }
@@ -311,6 +326,8 @@ fn decode_row(isa: Isa, w: &Weight, r: usize, out: &mut [f32]) {
                 Isa::Avx512 => unsafe { avx512::mxfp4_decode(b, s, out) },
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { avx2::mxfp4_decode(b, s, out) },
+                #[cfg(target_arch = "aarch64")]
+                Isa::Neon => unsafe { neon::mxfp4_decode(b, s, out) },
                 _ => generic::mxfp4_decode(b, s, out),
             }
         }
@@ -321,6 +338,8 @@ fn decode_row(isa: Isa, w: &Weight, r: usize, out: &mut [f32]) {
                 Isa::Avx512 => unsafe { avx512::bf16_decode(row, out) },
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { avx2::bf16_decode(row, out) },
+                #[cfg(target_arch = "aarch64")]
+                Isa::Neon => unsafe { neon::bf16_decode(row, out) },
                 _ => generic::bf16_decode(row, out),
             }
         }
@@ -344,6 +363,8 @@ fn dot4_int8<const TWO: bool, const M: usize>(isa: Isa, xs: &[&QRow; M], w: &Wei
             Isa::Avx512 if vnni() => unsafe { avx512::q8_dot4_int8::<TWO>(x, c, s) },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 | Isa::Avx2 => unsafe { avx2::q8_dot4_int8::<TWO>(x, c, s) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { neon::q8_dot4_int8::<TWO>(x, c, s) },
             _ => generic::q8_dot4_int8::<TWO>(x, c, s),
         });
     }
@@ -355,6 +376,8 @@ fn dot4_int8<const TWO: bool, const M: usize>(isa: Isa, xs: &[&QRow; M], w: &Wei
         Isa::Avx512 if vnni() => unsafe { avx512::mxfp4_dot4_int8::<TWO, M>(xs, b, s) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Avx2 => xs.map(|x| unsafe { avx2::mxfp4_dot4_int8::<TWO>(x, b, s) }),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => xs.map(|x| unsafe { neon::mxfp4_dot4_int8::<TWO>(x, b, s) }),
         _ => xs.map(|x| generic::mxfp4_dot4_int8::<TWO>(x, b, s)),
     }
 }
@@ -383,6 +406,8 @@ fn tile(isa: Isa, x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4] {
         Isa::Avx512 => unsafe { avx512::f32_tile(x, w, n) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::f32_tile(x, w, n) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe { neon::f32_tile(x, w, n) },
         _ => generic::f32_tile(x, w, n),
     }
 }

@@ -1,0 +1,309 @@
+//! aarch64 NEON kernels. Each has a scalar twin in `generic.rs` and reads activations in
+//! the same natural order: `vld2q` splits a block's elements into evens and odds, which
+//! is where the low and high nibbles of its 16 code bytes go.
+//!
+//! MXFP4 codes become 2 * E2M1 (an integer in [-12, 12]) through one `vqtbl1q_s8` per 16
+//! codes; the block's scale is then E8M0 / 2. With quantized activations the per-block
+//! sums are exact integers (`dot32_s8`), combined in f32 in the scalar twins' order, so
+//! those kernels give the scalar results bit for bit.
+//!
+//! NEON is part of every aarch64 target this crate builds for, so these functions only
+//! need the `neon` feature that the target already enables; the dispatch in `mod.rs`
+//! still checks it at run time like the x86 paths.
+
+use super::quant::{QRow, LIMB2, W2};
+use crate::mxfp4::{BLOCK, BLOCK_BYTES, E8M0};
+use std::arch::aarch64::*;
+
+/// Weight rows and tokens of one `gemm_panel` step (16 accumulators of 4 lanes).
+pub const PANEL_ROWS: usize = 4;
+pub const PANEL_TOKENS: usize = 16;
+
+/// One block's 16 code bytes as the codes of its even elements (low nibbles) and of its
+/// odd elements (high nibbles).
+#[inline(always)]
+unsafe fn block_codes(p: *const u8) -> (uint8x16_t, uint8x16_t) {
+    let v = vld1q_u8(p);
+    (vandq_u8(v, vdupq_n_u8(0x0f)), vshrq_n_u8::<4>(v))
+}
+
+/// One block's 16 code bytes as 2 * E2M1 of its (even, odd) elements.
+#[inline(always)]
+unsafe fn block_w2(table: int8x16_t, p: *const u8) -> (int8x16_t, int8x16_t) {
+    let (lo, hi) = block_codes(p);
+    (vqtbl1q_s8(table, lo), vqtbl1q_s8(table, hi))
+}
+
+/// The sign bit of 16 codes (their bit 3) at bit 31 of four u32 vectors, lanes in
+/// `block_f32`'s order: the integer path loses the sign of code 8, -0.0.
+#[inline(always)]
+unsafe fn code_signs(codes: uint8x16_t) -> [uint32x4_t; 4] {
+    let b = vandq_u8(codes, vdupq_n_u8(8));
+    let (l, h) = (vmovl_u8(vget_low_u8(b)), vmovl_high_u8(b));
+    [vmovl_u16(vget_low_u16(l)), vmovl_high_u16(l), vmovl_u16(vget_low_u16(h)), vmovl_high_u16(h)]
+        .map(|v| vshlq_n_u32::<28>(v))
+}
+
+/// Lanes 0-3 / 4-7 of 8 int16 as f32.
+#[inline(always)]
+unsafe fn lo_f32(v: int16x8_t) -> float32x4_t {
+    vcvtq_f32_s32(vmovl_s16(vget_low_s16(v)))
+}
+#[inline(always)]
+unsafe fn hi_f32(v: int16x8_t) -> float32x4_t {
+    vcvtq_f32_s32(vmovl_high_s16(v))
+}
+
+/// The 32 values of a block's (evens, odds) as four (evens, odds) pairs of 4 lanes, in
+/// element order: pair i holds elements 8i..8i+8.
+#[inline(always)]
+unsafe fn block_f32(we: int8x16_t, wo: int8x16_t) -> [(float32x4_t, float32x4_t); 4] {
+    let (e0, o0) = (vmovl_s8(vget_low_s8(we)), vmovl_s8(vget_low_s8(wo)));
+    let (e1, o1) = (vmovl_high_s8(we), vmovl_high_s8(wo));
+    [(lo_f32(e0), lo_f32(o0)), (hi_f32(e0), hi_f32(o0)), (lo_f32(e1), lo_f32(o1)), (hi_f32(e1), hi_f32(o1))]
+}
+
+/// sum_j a0[j] * b0[j] + a1[j] * b1[j] over 16 lanes each, exactly: every int16 lane
+/// adds two products of at most 128 * 127 in magnitude.
+#[inline(always)]
+unsafe fn dot32_s8(a0: int8x16_t, a1: int8x16_t, b0: int8x16_t, b1: int8x16_t) -> i32 {
+    let lo = vmlal_s8(vmull_s8(vget_low_s8(a0), vget_low_s8(b0)), vget_low_s8(a1), vget_low_s8(b1));
+    let hi = vmlal_high_s8(vmull_high_s8(a0, b0), a1, b1);
+    vaddvq_s32(vpadalq_s16(vpaddlq_s16(lo), hi))
+}
+
+/// Four MXFP4 rows against one natural-order activation row `x`.
+///
+/// # Safety
+/// NEON; `x.len() >= 32 * nb` and each `blocks[r].len() >= 16 * nb`, where
+/// nb = `scales[0].len()` (all rows alike).
+#[target_feature(enable = "neon")]
+pub unsafe fn mxfp4_dot4(x: &[f32], blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> [f32; 4] {
+    let nb = scales[0].len();
+    debug_assert!(x.len() >= nb * BLOCK);
+    let table = vld1q_s8(W2.as_ptr());
+    let mut acc = [vdupq_n_f32(0.0); 4];
+    for b in 0..nb {
+        // The block's activations as (evens, odds), once for the four rows.
+        let xp = x.as_ptr().add(b * BLOCK);
+        let xs = [vld2q_f32(xp), vld2q_f32(xp.add(8)), vld2q_f32(xp.add(16)), vld2q_f32(xp.add(24))];
+        for r in 0..4 {
+            debug_assert!(blocks[r].len() >= nb * BLOCK_BYTES && scales[r].len() >= nb);
+            let (we, wo) = block_w2(table, blocks[r].as_ptr().add(b * BLOCK_BYTES));
+            let mut t = vdupq_n_f32(0.0);
+            for (xv, (e, o)) in xs.iter().zip(block_f32(we, wo)) {
+                t = vfmaq_f32(t, e, xv.0);
+                t = vfmaq_f32(t, o, xv.1);
+            }
+            acc[r] = vfmaq_n_f32(acc[r], t, 0.5 * E8M0[*scales[r].get_unchecked(b) as usize]);
+        }
+    }
+    acc.map(|a| vaddvq_f32(a))
+}
+
+/// Decode one MXFP4 row to f32 in natural order (equal to `mxfp4::dequantize` bit for
+/// bit: (2 * E2M1) * (E8M0 / 2) is the same exact product).
+///
+/// # Safety
+/// NEON; `blocks.len() == 16 * scales.len()`, `out.len() == 32 * scales.len()`.
+#[target_feature(enable = "neon")]
+pub unsafe fn mxfp4_decode(blocks: &[u8], scales: &[u8], out: &mut [f32]) {
+    let nb = scales.len();
+    debug_assert!(blocks.len() == nb * BLOCK_BYTES && out.len() == nb * BLOCK);
+    let table = vld1q_s8(W2.as_ptr());
+    for (b, &s) in scales.iter().enumerate() {
+        let (lo, hi) = block_codes(blocks.as_ptr().add(b * BLOCK_BYTES));
+        let (se, so) = (code_signs(lo), code_signs(hi));
+        let s = 0.5 * E8M0[s as usize];
+        let signed =
+            |v: float32x4_t, sign: uint32x4_t| vreinterpretq_f32_u32(vorrq_u32(vreinterpretq_u32_f32(v), sign));
+        let o = out.as_mut_ptr().add(b * BLOCK);
+        for (i, (e, od)) in block_f32(vqtbl1q_s8(table, lo), vqtbl1q_s8(table, hi)).into_iter().enumerate() {
+            // vst2q interleaves: evens to elements 8i, 8i+2, ..., odds between them.
+            vst2q_f32(o.add(8 * i), float32x4x2_t(signed(vmulq_n_f32(e, s), se[i]), signed(vmulq_n_f32(od, s), so[i])));
+        }
+    }
+}
+
+/// 8 bf16 values (16 bytes) as two f32 vectors (lanes 0-3, 4-7): bf16 bits << 16.
+#[inline(always)]
+unsafe fn widen8(p: *const u8) -> (float32x4_t, float32x4_t) {
+    let v = vreinterpretq_u16_u8(vld1q_u8(p));
+    (vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(v))), vreinterpretq_f32_u32(vshll_high_n_u16::<16>(v)))
+}
+
+/// Four bf16 rows (2n bytes each) against one natural-order activation row.
+///
+/// # Safety
+/// NEON; each `rows[r].len() >= 2 * x.len()`.
+#[target_feature(enable = "neon")]
+pub unsafe fn bf16_dot4(x: &[f32], rows: [&[u8]; 4]) -> [f32; 4] {
+    let n = x.len();
+    let full = n / 16 * 16;
+    let xp = x.as_ptr();
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        debug_assert!(rows[r].len() >= 2 * n);
+        let row = rows[r].as_ptr();
+        let mut a = [vdupq_n_f32(0.0); 4];
+        for k in (0..full).step_by(16) {
+            let (w0, w1) = widen8(row.add(2 * k));
+            let (w2, w3) = widen8(row.add(2 * k + 16));
+            a[0] = vfmaq_f32(a[0], w0, vld1q_f32(xp.add(k)));
+            a[1] = vfmaq_f32(a[1], w1, vld1q_f32(xp.add(k + 4)));
+            a[2] = vfmaq_f32(a[2], w2, vld1q_f32(xp.add(k + 8)));
+            a[3] = vfmaq_f32(a[3], w3, vld1q_f32(xp.add(k + 12)));
+        }
+        let mut v = vaddvq_f32(vaddq_f32(vaddq_f32(a[0], a[1]), vaddq_f32(a[2], a[3])));
+        for k in full..n {
+            v += x[k] * crate::bf16::to_f32(rows[r][2 * k], rows[r][2 * k + 1]);
+        }
+        out[r] = v;
+    }
+    out
+}
+
+/// Widen one bf16 row to f32.
+///
+/// # Safety
+/// NEON; `row.len() == 2 * out.len()`.
+#[target_feature(enable = "neon")]
+pub unsafe fn bf16_decode(row: &[u8], out: &mut [f32]) {
+    debug_assert!(row.len() == 2 * out.len());
+    let full = out.len() / 8 * 8;
+    for k in (0..full).step_by(8) {
+        let (lo, hi) = widen8(row.as_ptr().add(2 * k));
+        vst1q_f32(out.as_mut_ptr().add(k), lo);
+        vst1q_f32(out.as_mut_ptr().add(k + 4), hi);
+    }
+    crate::bf16::widen(&row[2 * full..], &mut out[full..]);
+}
+
+/// 4x4 tile of dot products: out[i][j] = x[i] . w[j] over the first `n` elements.
+///
+/// # Safety
+/// NEON; every row holds at least n values.
+#[target_feature(enable = "neon")]
+pub unsafe fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4] {
+    for i in 0..4 {
+        debug_assert!(x[i].len() >= n && w[i].len() >= n);
+    }
+    let full = n / 4 * 4;
+    let mut acc = [[vdupq_n_f32(0.0); 4]; 4];
+    for k in (0..full).step_by(4) {
+        let xv = x.map(|r| vld1q_f32(r.as_ptr().add(k)));
+        let wv = w.map(|r| vld1q_f32(r.as_ptr().add(k)));
+        for i in 0..4 {
+            for j in 0..4 {
+                acc[i][j] = vfmaq_f32(acc[i][j], xv[i], wv[j]);
+            }
+        }
+    }
+    let mut out = [[0f32; 4]; 4];
+    for i in 0..4 {
+        for j in 0..4 {
+            out[i][j] = vaddvq_f32(acc[i][j]) + (full..n).map(|k| x[i][k] * w[j][k]).sum::<f32>();
+        }
+    }
+    out
+}
+
+/// Packed GEMM step: c[j][t] = sum_k w[j][k] * xg[k * 16 + t] for 4 weight rows and a
+/// packed group of 16 tokens, summed over `super::GEMM_K_CHUNK` values at a time (as
+/// the scalar twin), then added into `c`.
+///
+/// # Safety
+/// NEON; each `w[j]` holds n values, `xg` n * 16, `c` 4 * 16.
+#[target_feature(enable = "neon")]
+pub unsafe fn gemm_panel(w: &[&[f32]; PANEL_ROWS], xg: &[f32], n: usize, c: &mut [f32]) {
+    debug_assert!(xg.len() >= n * PANEL_TOKENS && c.len() >= PANEL_ROWS * PANEL_TOKENS);
+    for r in w {
+        debug_assert!(r.len() >= n);
+    }
+    let (xp, cp) = (xg.as_ptr(), c.as_mut_ptr());
+    c[..PANEL_ROWS * PANEL_TOKENS].fill(0.0);
+    for k0 in (0..n).step_by(super::GEMM_K_CHUNK) {
+        let k1 = (k0 + super::GEMM_K_CHUNK).min(n);
+        // acc[j][v]: row j, tokens 4v..4v+4.
+        let mut acc = [[vdupq_n_f32(0.0); 4]; PANEL_ROWS];
+        for k in k0..k1 {
+            let xk = xp.add(k * PANEL_TOKENS);
+            let xv = [vld1q_f32(xk), vld1q_f32(xk.add(4)), vld1q_f32(xk.add(8)), vld1q_f32(xk.add(12))];
+            for j in 0..PANEL_ROWS {
+                let wk = *w[j].get_unchecked(k);
+                for v in 0..4 {
+                    acc[j][v] = vfmaq_n_f32(acc[j][v], xv[v], wk);
+                }
+            }
+        }
+        for j in 0..PANEL_ROWS {
+            for v in 0..4 {
+                let p = cp.add(j * PANEL_TOKENS + 4 * v);
+                vst1q_f32(p, vaddq_f32(vld1q_f32(p), acc[j][v]));
+            }
+        }
+    }
+}
+
+/// "int8" / "int16" (`TWO`) precisions: four MXFP4 rows against one natural-order
+/// quantized activation row, each block's sums exact, then scaled as the scalar twin
+/// does (same f32 steps, same results).
+///
+/// # Safety
+/// NEON; `x.q` (and `x.q2` with `TWO`) hold 32 * nb values and `x.half_d` nb, each
+/// `blocks[r].len() >= 16 * nb`, where nb = `scales[0].len()`.
+#[target_feature(enable = "neon")]
+pub unsafe fn mxfp4_dot4_int8<const TWO: bool>(x: &QRow, blocks: [&[u8]; 4], scales: [&[u8]; 4]) -> [f32; 4] {
+    let nb = scales[0].len();
+    debug_assert!(x.q.len() >= nb * BLOCK && x.half_d.len() >= nb && (!TWO || x.q2.len() >= nb * BLOCK));
+    let table = vld1q_s8(W2.as_ptr());
+    let mut acc = [0f32; 4];
+    for b in 0..nb {
+        // The block's activations as (evens, odds), once for the four rows.
+        let q = vld2q_s8(x.q.as_ptr().add(b * BLOCK));
+        let q2 = if TWO { vld2q_s8(x.q2.as_ptr().add(b * BLOCK)) } else { q };
+        for r in 0..4 {
+            debug_assert!(blocks[r].len() >= nb * BLOCK_BYTES && scales[r].len() >= nb);
+            let (we, wo) = block_w2(table, blocks[r].as_ptr().add(b * BLOCK_BYTES));
+            let mut v = dot32_s8(we, wo, q.0, q.1) as f32;
+            if TWO {
+                v += dot32_s8(we, wo, q2.0, q2.1) as f32 * LIMB2;
+            }
+            acc[r] += v * x.half_d[b] * E8M0[*scales[r].get_unchecked(b) as usize];
+        }
+    }
+    acc
+}
+
+/// Q8 weights (biased codes, bf16 scales; see `crate::q8`) against one natural-order
+/// quantized activation row, one limb or two (`TWO`): exact sums per block, scaled as
+/// the scalar twin does.
+///
+/// # Safety
+/// NEON; `x.q` (and `x.q2`) hold 32 * nb values, `x.half_d` nb, each
+/// `codes[r].len() >= 32 * nb` and `scales[r].len() >= nb`, nb = `scales[0].len()`.
+#[target_feature(enable = "neon")]
+pub unsafe fn q8_dot4_int8<const TWO: bool>(x: &QRow, codes: [&[u8]; 4], scales: [&[u16]; 4]) -> [f32; 4] {
+    let nb = scales[0].len();
+    debug_assert!(x.q.len() >= nb * BLOCK && x.half_d.len() >= nb && (!TWO || x.q2.len() >= nb * BLOCK));
+    let bias = vdupq_n_u8(0x80);
+    let load = |p: *const i8| (vld1q_s8(p), vld1q_s8(p.add(16)));
+    let mut acc = [0f32; 4];
+    for b in 0..nb {
+        let q = load(x.q.as_ptr().add(b * BLOCK));
+        let q2 = if TWO { load(x.q2.as_ptr().add(b * BLOCK)) } else { q };
+        for r in 0..4 {
+            debug_assert!(codes[r].len() >= nb * BLOCK && scales[r].len() >= nb);
+            // Codes are q + 128: flipping the top bit gives q as int8.
+            let cp = codes[r].as_ptr().add(b * BLOCK);
+            let w0 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(cp), bias));
+            let w1 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(cp.add(16)), bias));
+            let mut v = dot32_s8(w0, w1, q.0, q.1) as f32;
+            if TWO {
+                v += dot32_s8(w0, w1, q2.0, q2.1) as f32 * LIMB2;
+            }
+            acc[r] += v * (2.0 * x.half_d[b]) * crate::q8::scale(*scales[r].get_unchecked(b));
+        }
+    }
+    acc
+}
