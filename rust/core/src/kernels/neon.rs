@@ -72,6 +72,17 @@ unsafe fn dot32_s8(a0: int8x16_t, a1: int8x16_t, b0: int8x16_t, b1: int8x16_t) -
     vaddvq_s32(vpadalq_s16(vpaddlq_s16(lo), hi))
 }
 
+/// A block's value with one activation limb `q`, or two (`TWO`: `q2` weighs 1/254), as
+/// the scalar twins combine the exact sums (`w` and each limb in the same lane order).
+#[inline(always)]
+unsafe fn limbs_sum<const TWO: bool>(w: (int8x16_t, int8x16_t), q: int8x16x2_t, q2: int8x16x2_t) -> f32 {
+    let mut v = dot32_s8(w.0, w.1, q.0, q.1) as f32;
+    if TWO {
+        v += dot32_s8(w.0, w.1, q2.0, q2.1) as f32 * LIMB2;
+    }
+    v
+}
+
 /// Four MXFP4 rows against one natural-order activation row `x`.
 ///
 /// # Safety
@@ -264,12 +275,8 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool>(x: &QRow, blocks: [&[u8]; 4], sca
         let q2 = if TWO { vld2q_s8(x.q2.as_ptr().add(b * BLOCK)) } else { q };
         for r in 0..4 {
             debug_assert!(blocks[r].len() >= nb * BLOCK_BYTES && scales[r].len() >= nb);
-            let (we, wo) = block_w2(table, blocks[r].as_ptr().add(b * BLOCK_BYTES));
-            let mut v = dot32_s8(we, wo, q.0, q.1) as f32;
-            if TWO {
-                v += dot32_s8(we, wo, q2.0, q2.1) as f32 * LIMB2;
-            }
-            acc[r] += v * x.half_d[b] * E8M0[*scales[r].get_unchecked(b) as usize];
+            let w = block_w2(table, blocks[r].as_ptr().add(b * BLOCK_BYTES));
+            acc[r] += limbs_sum::<TWO>(w, q, q2) * x.half_d[b] * E8M0[*scales[r].get_unchecked(b) as usize];
         }
     }
     acc
@@ -287,22 +294,18 @@ pub unsafe fn q8_dot4_int8<const TWO: bool>(x: &QRow, codes: [&[u8]; 4], scales:
     let nb = scales[0].len();
     debug_assert!(x.q.len() >= nb * BLOCK && x.half_d.len() >= nb && (!TWO || x.q2.len() >= nb * BLOCK));
     let bias = vdupq_n_u8(0x80);
-    let load = |p: *const i8| (vld1q_s8(p), vld1q_s8(p.add(16)));
     let mut acc = [0f32; 4];
     for b in 0..nb {
-        let q = load(x.q.as_ptr().add(b * BLOCK));
-        let q2 = if TWO { load(x.q2.as_ptr().add(b * BLOCK)) } else { q };
+        let q = vld1q_s8_x2(x.q.as_ptr().add(b * BLOCK));
+        let q2 = if TWO { vld1q_s8_x2(x.q2.as_ptr().add(b * BLOCK)) } else { q };
         for r in 0..4 {
             debug_assert!(codes[r].len() >= nb * BLOCK && scales[r].len() >= nb);
             // Codes are q + 128: flipping the top bit gives q as int8.
             let cp = codes[r].as_ptr().add(b * BLOCK);
             let w0 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(cp), bias));
             let w1 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(cp.add(16)), bias));
-            let mut v = dot32_s8(w0, w1, q.0, q.1) as f32;
-            if TWO {
-                v += dot32_s8(w0, w1, q2.0, q2.1) as f32 * LIMB2;
-            }
-            acc[r] += v * (2.0 * x.half_d[b]) * crate::q8::scale(*scales[r].get_unchecked(b));
+            acc[r] +=
+                limbs_sum::<TWO>((w0, w1), q, q2) * (2.0 * x.half_d[b]) * crate::q8::scale(*scales[r].get_unchecked(b));
         }
     }
     acc
