@@ -166,6 +166,11 @@ def main() -> int:
         if key in a and key in b:
             ratio = a[key] / b[key] if b[key] else float("nan")
             print(f"{key:<24}{a[key]:>15.2f}{b[key]:>12.2f}{ratio:>8.2f}")
+        elif key.endswith("_greedy") and key[: -len("_greedy")] in b:
+            # Greedy decode (append_argmax: lm_head screened, the argmax exact) against
+            # llama.cpp's decode, which computes every logit.
+            base = b[key[: -len("_greedy")]]
+            print(f"{key:<24}{a[key]:>15.2f}{base:>12.2f}{a[key] / base:>8.2f}  (llama.cpp: {key[: -len('_greedy')]})")
         else:
             v = a.get(key, b.get(key))
             who = "gptoss-native" if key in a else "llama.cpp"

@@ -41,6 +41,9 @@ class ScriptedSession:
         self.step += 1
         return row
 
+    def append_argmax(self, ids):
+        return int(np.argmax(self.append(ids)[0]))
+
 
 def main() -> None:
     p = argparse.ArgumentParser()

@@ -184,6 +184,9 @@ class ScriptedSession:
         self.steps += 1
         return row
 
+    def append_argmax(self, ids):
+        return int(np.argmax(self.append(ids)[0]))
+
 
 def _script(enc, text):
     return list(enc.encode(text, allowed_special="all"))

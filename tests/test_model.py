@@ -21,6 +21,7 @@ from .st_helpers import read_raw, write_raw
 NAMES = ["tiny-a", "tiny-b"]
 GOLDEN = {n: load_file(str(FIXTURES / n / "golden.safetensors")) for n in NAMES}
 _MODELS: dict[tuple[str, str], gn.Model] = {}
+_PATH_MODELS: dict[tuple[str, str, str], gn.Model] = {}
 
 
 def model(name: str, precision: str = "f32") -> gn.Model:
@@ -77,6 +78,55 @@ def test_greedy_tokens_through_session_decode(name, kernels):
         toks.append(int(logits[0].argmax()))
         logits = s.append([toks[-1]])
     assert toks == g["greedy_tokens"].tolist()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generate_greedy_through_append_argmax_gives_golden_tokens(name, kernels):
+    g = GOLDEN[name]
+    m = gn.load(FIXTURES / name, precision="f32")
+    want = g["greedy_tokens"].tolist()
+    got = m.generate(g["greedy_prompt"].tolist(), max_new_tokens=len(want), temperature=0, stop_token_ids=[])
+    assert got == want
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_append_argmax_is_the_argmax_of_the_full_logits(data, kernels):
+    """Two sessions fed the same tokens in lockstep: `append_argmax` (lm_head screened
+    through a Q8 copy, the rows it keeps exact) against numpy's argmax of `append`."""
+    name = data.draw(st.sampled_from(NAMES))
+    precision = data.draw(st.sampled_from(["f32", "auto", "q8"]))
+    # Not the shared `model()` cache: these load under the `kernels` path being tested.
+    key = (name, precision, kernels)
+    if key not in _PATH_MODELS:
+        _PATH_MODELS[key] = gn.load(FIXTURES / name, precision=precision, max_context=1024)
+    m = _PATH_MODELS[key]
+    assert m.kernels == kernels
+    vocab = m.config.vocab_size
+    prompt = data.draw(st.lists(st.integers(0, vocab - 1), min_size=1, max_size=40))
+    greedy, full = m.session(), m.session()
+    ids = prompt
+    for _ in range(6):
+        tok = greedy.append_argmax(ids)
+        assert isinstance(tok, int)
+        assert tok == int(np.argmax(full.append(ids)[0]))
+        ids = [tok]
+    assert greedy.tokens == full.tokens
+
+
+def test_append_argmax_errors_change_nothing():
+    m = gn.load(FIXTURES / "tiny-a", max_context=20)
+    s = m.session()
+    s.append_argmax([1, 2, 3])
+    with pytest.raises(ValueError, match="at least one"):
+        s.append_argmax([])
+    with pytest.raises(ValueError, match="out of range"):
+        s.append_argmax([m.config.vocab_size])
+    with pytest.raises(gn.ContextLengthError, match="exceeds the context of 20"):
+        s.append_argmax(list(range(18)))
+    with pytest.raises(TypeError):
+        s.append_argmax("hello")
+    assert s.tokens == [1, 2, 3]
 
 
 def _teacher_forced_logits(m: gn.Model, g: dict) -> np.ndarray:

@@ -94,6 +94,15 @@ def run_bench(
         sess = model.session()
         first = sess.append(_tokens(1, vocab, 2))
         res[f"tg{new_tokens}_tok_s"] = new_tokens / _decode(sess, first, new_tokens)
+    # tg greedy: the same decode through `append_argmax` (lm_head screened, the argmax
+    # exact; the first call, untimed, makes the screen).
+    if new_tokens:
+        sess = model.session()
+        tok = sess.append_argmax(_tokens(1, vocab, 2))
+        t0 = time.perf_counter()
+        for _ in range(new_tokens):
+            tok = sess.append_argmax([tok])
+        res[f"tg{new_tokens}_greedy_tok_s"] = new_tokens / (time.perf_counter() - t0)
     # tg at depth: decode after a prefill of `depth` tokens.
     if depth and depth_tokens:
         sess = model.session()

@@ -125,11 +125,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         logits = sess.append(prompt)
         t_prefill = time.perf_counter() - t0
-        out = []
+        out = [int(np.argmax(logits[0]))][: args.new_tokens]
         t0 = time.perf_counter()
-        for _ in range(args.new_tokens):
-            out.append(int(np.argmax(logits[0])))
-            logits = sess.append([out[-1]])
+        while len(out) < args.new_tokens:
+            out.append(sess.append_argmax([out[-1]]))
         t_decode = time.perf_counter() - t0
         print(f"Prefill {len(prompt)} tokens: {len(prompt) / t_prefill:.1f} tok/s; "
               f"greedy decode {len(out)} tokens: {len(out) / t_decode:.1f} tok/s")

@@ -22,6 +22,13 @@ class SamplingParams:
     #: how many top alternatives to report per token (None: no logprobs)
     logprobs: int | None = None
 
+    @property
+    def greedy_only(self) -> bool:
+        """Whether each token is the plain argmax of the logits (temperature 0, no
+        penalties, no logprobs), so that no logit but the largest's index is needed."""
+        return (self.temperature == 0 and not self.presence_penalty and not self.frequency_penalty
+                and self.logprobs is None)
+
     def validate(self) -> "SamplingParams":
         def bad(msg: str):
             raise ValueError(msg)
@@ -117,6 +124,18 @@ def generate_steps(
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     stops = set(int(t) for t in stop_token_ids)
+    params.validate()
+    if params.greedy_only and len(prompt_ids) and max_new_tokens > 0:
+        # Only the argmax is needed: the session finds it without every logit.
+        tok = session.append_argmax(list(prompt_ids))
+        for i in range(max_new_tokens):
+            if cancel is not None and cancel.is_set():
+                return
+            yield Step(tok)
+            if tok in stops or i + 1 == max_new_tokens:
+                return
+            tok = session.append_argmax([tok])
+        return
     logits = session.append(list(prompt_ids)) if len(prompt_ids) else None
     if max_new_tokens == 0:
         return

@@ -70,16 +70,21 @@ impl Q8Matrix {
         let nb = cols / BLOCK;
         let mut codes = vec![0u8; rows * cols];
         let mut scales = vec![0u16; rows * nb];
-        codes.par_chunks_mut(cols).zip(scales.par_chunks_mut(nb)).zip(data.par_chunks(cols * 2)).for_each_init(
-            || vec![0f32; cols],
-            |row, ((c, s), src)| {
-                bf16::widen(src, row);
-                for (b, (cb, sb)) in c.chunks_exact_mut(BLOCK).zip(s.iter_mut()).enumerate() {
-                    *sb = quantize_block(&row[b * BLOCK..(b + 1) * BLOCK], cb);
-                }
-            },
-        );
+        codes
+            .par_chunks_mut(cols)
+            .zip(scales.par_chunks_mut(nb))
+            .zip(data.par_chunks(cols * 2))
+            .for_each_init(|| vec![0f32; cols], |row, ((c, s), src)| quantize_row(src, row, c, s));
         Q8Matrix { rows, cols, codes, scales }
+    }
+}
+
+/// Quantize one bf16 row (little-endian bytes, `cols` values) into its codes [cols] and
+/// scales [cols / 32]; `tmp` holds `cols` f32 of scratch.
+pub fn quantize_row(src: &[u8], tmp: &mut [f32], codes: &mut [u8], scales: &mut [u16]) {
+    bf16::widen(src, tmp);
+    for ((w, cb), sb) in tmp.chunks_exact(BLOCK).zip(codes.chunks_exact_mut(BLOCK)).zip(scales.iter_mut()) {
+        *sb = quantize_block(w, cb);
     }
 }
 

@@ -164,3 +164,28 @@ fn greedy_decode_through_the_session_reproduces_golden_tokens() {
         }
     }
 }
+
+/// `append_argmax` (lm_head screened through its Q8 copy, the kept rows exact) gives the
+/// golden greedy tokens, and at every step the argmax of the full logits of a session
+/// fed the same tokens.
+#[test]
+fn append_argmax_reproduces_golden_greedy_tokens() {
+    for name in ["tiny-a", "tiny-b"] {
+        let g = Golden::open(name);
+        let (prompt, _) = g.i64("greedy_prompt");
+        let (tokens, _) = g.i64("greedy_tokens");
+        for isa in paths() {
+            let m = load(name, isa);
+            let (mut greedy, mut full) = (Session::new(m.clone()), Session::new(m.clone()));
+            let mut ids: Vec<u32> = prompt.iter().map(|&v| v as u32).collect();
+            for (j, &want) in tokens.iter().enumerate() {
+                let next = greedy.append_argmax(&ids).unwrap();
+                let logits = full.append(&ids, Logits::Last).unwrap();
+                assert_eq!(next as usize, argmax(&logits), "{name} {isa:?} step {j}: against the full logits");
+                assert_eq!(next as i64, want, "{name} {isa:?} greedy step {j}");
+                ids = vec![next];
+            }
+            assert!(m.screen.get().is_some_and(|s| s.is_some()), "{name}: the screen was not used");
+        }
+    }
+}

@@ -157,8 +157,17 @@ impl PySession {
             Logits::None => return Ok(None),
             Logits::Last => usize::from(n > 0),
             Logits::All => n,
+            Logits::Argmax => unreachable!("logits_mode never gives Argmax"),
         };
         Ok(Some(out.into_pyarray(py).reshape(vec![rows, vocab])?))
+    }
+
+    /// Feed `ids` (at least one); returns the id of the last position's largest logit.
+    fn append_argmax(&mut self, py: Python<'_>, ids: Vec<i64>) -> PyResult<u32> {
+        let ids = ids_u32(ids)?;
+        let pool = self.pool.clone();
+        let sess = &mut self.inner;
+        run_detached(py, || pool.install(|| sess.append_argmax(&ids)))
     }
 
     /// Keep the first `n` tokens (any n <= len).

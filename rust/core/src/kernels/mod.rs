@@ -801,4 +801,4 @@ pub fn read_all(buf: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

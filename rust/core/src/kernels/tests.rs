@@ -6,7 +6,7 @@ use crate::cpu::Isa;
 use crate::mxfp4;
 
 /// SplitMix64: a tiny deterministic generator for test data.
-pub(crate) struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 impl Rng {
     pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
@@ -23,7 +23,7 @@ impl Rng {
     }
 }
 
-fn simd_paths() -> Vec<Isa> {
+pub(crate) fn simd_paths() -> Vec<Isa> {
     Isa::available().into_iter().filter(|i| *i != Isa::Scalar).collect()
 }
 

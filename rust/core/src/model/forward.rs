@@ -61,6 +61,14 @@ pub struct Workspace {
     sin: Vec<f32>,
     scratch: kernels::Scratch,
     routes: Vec<(usize, usize, f32)>,
+    /// Greedy decoding: logits (or their screened approximation), the screen's scratch,
+    /// the rows it keeps, their bf16 bytes and exact logits.
+    logits: Vec<f32>,
+    screen_coef: Vec<f32>,
+    screen_bound: Vec<f32>,
+    kept: Vec<u32>,
+    kept_rows: Vec<u8>,
+    kept_logits: Vec<f32>,
     /// When set, every layer's router logits [T, E] are appended here.
     router_log: Option<Vec<f32>>,
 }
@@ -71,6 +79,20 @@ fn buf(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
         v.resize(n, 0.0);
     }
     &mut v[..n]
+}
+
+/// The index of the largest value, the first one on ties (numpy's argmax; NaN wins).
+fn first_argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if v[best].is_nan() {
+            break;
+        }
+        if x > v[best] || x.is_nan() {
+            best = i;
+        }
+    }
+    best
 }
 
 /// out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w, rows of length w.len().
@@ -247,29 +269,118 @@ impl Model {
             let before = rows.len();
             match seg.want {
                 Logits::None => {}
-                Logits::Last if n > 0 => rows.push(first + n - 1),
-                Logits::Last => {}
+                Logits::Last | Logits::Argmax if n > 0 => rows.push(first + n - 1),
+                Logits::Last | Logits::Argmax => {}
                 Logits::All => rows.extend(first..first + n),
             }
             counts.push(rows.len() - before);
             first += n;
         }
+        let h = buf(&mut ws.h, rows.len() * hd);
+        for (i, &t) in rows.iter().enumerate() {
+            rmsnorm(&ws.x[t * hd..(t + 1) * hd], &w.norm, c.rms_norm_eps, &mut h[i * hd..(i + 1) * hd]);
+        }
+        // A batch of argmax-only segments goes through the screen; anything else gets
+        // every logit of its rows.
+        if !rows.is_empty() && segs.iter().all(|s| matches!(s.want, Logits::Argmax)) {
+            let mut out = Vec::with_capacity(segs.len());
+            let mut i = 0;
+            for &n in &counts {
+                if n == 0 {
+                    out.push(Vec::new());
+                    continue;
+                }
+                let h = std::mem::take(&mut ws.h);
+                let best = self.lm_head_argmax(&h[i * hd..(i + 1) * hd], ws);
+                ws.h = h;
+                out.push(vec![best as f32]);
+                i += 1;
+            }
+            return Ok(out);
+        }
         let mut logits = vec![0f32; rows.len() * c.vocab_size];
         if !rows.is_empty() {
-            let h = buf(&mut ws.h, rows.len() * hd);
-            for (i, &t) in rows.iter().enumerate() {
-                rmsnorm(&ws.x[t * hd..(t + 1) * hd], &w.norm, c.rms_norm_eps, &mut h[i * hd..(i + 1) * hd]);
-            }
-            self.matmul(h, rows.len(), &w.lm_head.weight(ck), None, &mut logits, &mut ws.scratch);
+            self.matmul(
+                &ws.h[..rows.len() * hd],
+                rows.len(),
+                &w.lm_head.weight(ck),
+                None,
+                &mut logits,
+                &mut ws.scratch,
+            );
         }
         let mut out = Vec::with_capacity(segs.len());
         let mut rest = &logits[..];
-        for n in counts {
+        for (n, seg) in counts.into_iter().zip(segs.iter()) {
             let (mine, tail) = rest.split_at(n * c.vocab_size);
-            out.push(mine.to_vec());
+            out.push(if seg.want == Logits::Argmax && n > 0 { vec![first_argmax(mine) as f32] } else { mine.to_vec() });
             rest = tail;
         }
         Ok(out)
+    }
+
+    /// argmax(h @ lm_head^T) for one row h [hidden] (the first index on ties), as the
+    /// full logits give it: through lm_head's screen where it has one (`argmax.rs`),
+    /// with only the rows the screen keeps computed exactly.
+    fn lm_head_argmax(&self, h: &[f32], ws: &mut Workspace) -> usize {
+        let c = &self.config;
+        let lm = &self.weights.lm_head;
+        let vocab = lm.r1 - lm.r0;
+        let screen = self.screen.get_or_init(|| {
+            if lm.q8.is_some() {
+                return None;
+            }
+            let s = super::argmax::Screen::build(&self.ckpt, &lm.t, lm.r0, vocab, c.hidden_size);
+            // Earlier full logits mapped the bf16 pages; the screen reads them no more.
+            self.ckpt.release(&lm.t);
+            s
+        });
+        let full = |ws: &mut Workspace| {
+            let logits = buf(&mut ws.logits, vocab);
+            kernels::matmul(self.isa, self.precision, h, 1, &lm.weight(&self.ckpt), None, logits, &mut ws.scratch);
+            first_argmax(logits)
+        };
+        let Some(screen) = screen else {
+            return full(ws);
+        };
+        // approx[vocab] = x̂ @ Q8(lm_head)^T, "int16" activations
+        let approx = buf(&mut ws.logits, vocab);
+        kernels::matmul(
+            self.isa,
+            kernels::Precision::Int16,
+            h,
+            1,
+            &Weight::q8(&screen.q),
+            None,
+            approx,
+            &mut ws.scratch,
+        );
+        if !screen.keep(h, approx, &mut ws.screen_coef, &mut ws.screen_bound, &mut ws.kept) {
+            return full(ws);
+        }
+        // The kept rows' exact logits, by the full logits' kernel and precision, from bf16
+        // rows read at their offsets (runs of consecutive rows in one read).
+        let (k, row_bytes) = (ws.kept.len(), c.hidden_size * 2);
+        ws.kept_rows.resize(k * row_bytes, 0);
+        let mut i = 0;
+        while i < k {
+            let mut j = i + 1;
+            while j < k && ws.kept[j] == ws.kept[j - 1] + 1 {
+                j += 1;
+            }
+            let r = lm.r0 + ws.kept[i] as usize;
+            if self.ckpt.read_at(&lm.t, r * row_bytes, &mut ws.kept_rows[i * row_bytes..j * row_bytes]).is_err() {
+                return full(ws);
+            }
+            i = j;
+        }
+        let exact = buf(&mut ws.kept_logits, k);
+        let rows = Weight::bf16(&ws.kept_rows[..k * row_bytes], k, c.hidden_size);
+        kernels::matmul(self.isa, self.precision, h, 1, &rows, None, exact, &mut ws.scratch);
+        if exact.iter().any(|v| v.is_nan()) {
+            return full(ws);
+        }
+        ws.kept[first_argmax(exact)] as usize
     }
 
     /// x += attention(rmsnorm(x)) for every token of the batch, appending each

@@ -1,5 +1,6 @@
 //! The model: config, checkpoint, weights, and the forward pass.
 
+pub mod argmax;
 pub mod attention;
 pub mod checkpoint;
 pub mod config;
@@ -15,6 +16,7 @@ use checkpoint::Checkpoint;
 use config::Config;
 use rope::Rope;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use weights::Weights;
 
 pub struct LoadOptions {
@@ -42,6 +44,9 @@ pub struct Model {
     pub max_context: usize,
     /// How sessions' caches store K and V rows (bf16 in the q8 mode, else f32).
     pub kv_dtype: KvDtype,
+    /// lm_head's screen for greedy decoding, built on first use (`argmax.rs`); None
+    /// where lm_head is already Q8 or cannot be screened.
+    pub screen: OnceLock<Option<argmax::Screen>>,
 }
 
 impl Model {
@@ -83,6 +88,7 @@ impl Model {
             // mode matches) stay within q8's stated fidelity; in "auto" they did not
             // (tiny-b: max |dlogit| 0.16 against its 5e-2 bound), so it keeps f32 rows.
             kv_dtype: if opts.q8 { KvDtype::Bf16 } else { KvDtype::F32 },
+            screen: OnceLock::new(),
         })
     }
 

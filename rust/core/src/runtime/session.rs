@@ -15,6 +15,10 @@ pub enum Logits {
     None,
     Last,
     All,
+    /// The index of the last position's largest logit (the first on ties), returned as
+    /// one f32 (exact: vocabularies are far below 2^24), computed without every logit
+    /// (`model::argmax`).
+    Argmax,
 }
 
 pub struct Session {
@@ -54,7 +58,7 @@ impl Session {
         let chunks = ids.len().div_ceil(PREFILL_CHUNK).max(1);
         for (i, chunk) in ids.chunks(PREFILL_CHUNK).enumerate() {
             let want = match logits {
-                Logits::Last if i + 1 < chunks => Logits::None,
+                Logits::Last | Logits::Argmax if i + 1 < chunks => Logits::None,
                 other => other,
             };
             let part = self.model.forward(&mut self.cache, &mut self.ws, chunk, want, None)?;
@@ -62,6 +66,16 @@ impl Session {
             out.extend_from_slice(&part);
         }
         Ok(out)
+    }
+
+    /// Feed `ids` (at least one) and return the id of the last position's largest logit,
+    /// the first one on ties: what `append(ids, Logits::Last)` and an argmax give.
+    pub fn append_argmax(&mut self, ids: &[u32]) -> Result<u32> {
+        if ids.is_empty() {
+            return Err(Error::Value("append_argmax needs at least one token id".into()));
+        }
+        let out = self.append(ids, Logits::Argmax)?;
+        Ok(out[0] as u32)
     }
 
     /// Like `append` but records the residual stream after the embedding and after every
