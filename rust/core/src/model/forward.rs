@@ -330,10 +330,11 @@ impl Model {
             if lm.q8.is_some() {
                 return None;
             }
-            let s = super::argmax::Screen::build(&self.ckpt, &lm.t, lm.r0, vocab, c.hidden_size);
-            // Earlier full logits mapped the bf16 pages; the screen reads them no more.
+            // Earlier full logits mapped the bf16 pages: unmap them first, so that the copy
+            // replaces them in the RSS rather than adding to its peak (the screen reads
+            // rows with `pread`, not through the map).
             self.ckpt.release(&lm.t);
-            s
+            super::argmax::Screen::build(&self.ckpt, &lm.t, lm.r0, vocab, c.hidden_size)
         });
         let full = |ws: &mut Workspace| {
             let logits = buf(&mut ws.logits, vocab);
