@@ -16,13 +16,18 @@ use super::layout::PLANE_GROUP;
 use crate::mxfp4::{BLOCK, BLOCK_BYTES, E2M1, E8M0};
 use std::arch::x86_64::*;
 
-/// Prefetch distances of streamed weight rows, in bytes (tuned with bench/gemv.rs,
-/// alternating). The int8/int16 MXFP4 and bf16 GEMVs prefetch into L2 (T1): a thread's
-/// few L1 miss buffers, not the DRAM, limit its streaming rate, and T1 prefetches do not
-/// hold them (the int16 GEMV read 12.5-13 instead of 9-9.5 GB/s with one thread); the f32
-/// MXFP4 GEMV measured faster with T0.
+/// Prefetch distance of streamed MXFP4 weight rows, in bytes (tuned with bench/gemv.rs,
+/// alternating). The int8/int16 MXFP4 GEMVs prefetch into L2 (T1): a thread's few L1
+/// miss buffers, not the DRAM, limit its streaming rate, and T1 prefetches do not hold
+/// them (the int16 GEMV read 12.5-13 instead of 9-9.5 GB/s with one thread); the f32
+/// MXFP4 GEMV measured faster with T0. The bf16 GEMV, one sequential stream, is left to
+/// the hardware prefetcher: a T1 prefetch 2 KB ahead made it slower (1 thread: 74-83%
+/// of the read bandwidth against 89-91% without; 2 threads 89-97% against 96-100%).
 const MXFP4_PREFETCH: usize = 2048;
-const BF16_PREFETCH: usize = 2048;
+/// The Q8 GEMV's rows (one stream at a time, like bf16, but with about three times the
+/// arithmetic per byte) prefetch into L2 8 KB ahead: 1 thread 19-21 GB/s against 15-17
+/// without, 2 threads 28-37 against 24-30 (8-12 KB measured alike; 1-3 KB no faster).
+const Q8_PREFETCH: usize = 8192;
 
 #[inline(always)]
 unsafe fn hsum(v: __m512) -> f32 {
@@ -191,8 +196,6 @@ pub unsafe fn bf16_dot4(x: &[f32], rows: [&[u8]; 4]) -> [f32; 4] {
         let xp = x.as_ptr();
         let mut k = 0;
         while k + 64 <= full {
-            _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(2 * k + BF16_PREFETCH) as *const i8);
-            _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(2 * k + BF16_PREFETCH + 64) as *const i8);
             let (e0, o0) = widen32(row.add(2 * k));
             let (e1, o1) = widen32(row.add(2 * k + 64));
             a[0] = _mm512_fmadd_ps(e0, _mm512_loadu_ps(xp.add(k)), a[0]);
@@ -475,6 +478,7 @@ pub unsafe fn q8_dot4_int8<const TWO: bool>(
             let s16 = _mm512_mul_ps(ws, _mm512_maskz_loadu_ps(mask, x.half_d.as_ptr().add(b)));
             for (c, idx) in pair_idx.iter().enumerate().take(count / 2) {
                 let k = (b + 2 * c) * BLOCK;
+                _mm_prefetch::<_MM_HINT_T1>(cp.wrapping_add(k + Q8_PREFETCH) as *const i8);
                 let v = _mm512_loadu_si512(cp.add(k) as *const __m512i);
                 let limb = |q: *const i8, nc: *const i32| {
                     let q = _mm512_loadu_si512(q.add(k) as *const __m512i);
