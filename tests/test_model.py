@@ -388,6 +388,9 @@ def test_original_layout_gives_the_reference_b_logits(name, tmp_path):
     logits = m.forward(g["input_ids"][0])[g["logits_positions"]]
     assert np.max(np.abs(logits - g["logits_ref_b"][0])) <= 1e-4
     assert m.config.eos_token_id == 200002
+    # Greedy decoding screens `unembedding.weight` as it does `lm_head.weight`.
+    ids = g["input_ids"][0].tolist()
+    assert m.session().append_argmax(ids) == int(np.argmax(m.forward(ids)[-1]))
     # q8 quantizes the fused qkv rows per part exactly as the separate q, k, v tensors.
     q8_fused = gn.load(d, precision="q8").forward(g["input_ids"][0])
     q8_split = model(name, "q8").forward(g["input_ids"][0])
