@@ -175,11 +175,6 @@ impl Screen {
         }
         true
     }
-
-    /// Bytes held (the Q8 copy and the table).
-    pub fn nbytes(&self) -> usize {
-        self.q.codes.len() + 2 * self.q.scales.len() + 4 * self.chunk_scale.len()
-    }
 }
 
 #[cfg(test)]
