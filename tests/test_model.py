@@ -114,6 +114,38 @@ def test_append_argmax_is_the_argmax_of_the_full_logits(data, kernels):
     assert greedy.tokens == full.tokens
 
 
+def test_append_argmax_from_several_threads_on_a_fresh_model():
+    """The first greedy calls build the screen while other sessions step: none may wait
+    on the build (a deadlock hangs this test), and all get the full logits' argmax."""
+    name = "tiny-b"
+    ref = gn.load(FIXTURES / name, precision="f32")
+    prompts = [[7 * i + j for j in range(5 + i)] for i in range(4)]
+    want = []
+    for p in prompts:
+        s, ids, toks = ref.session(), p, []
+        for _ in range(5):
+            toks.append(int(np.argmax(s.append(ids)[0])))
+            ids = [toks[-1]]
+        want.append(toks)
+    m = gn.load(FIXTURES / name, precision="f32", threads=2)
+    got: list[list[int] | None] = [None] * len(prompts)
+
+    def run(i: int) -> None:
+        s, ids, toks = m.session(), prompts[i], []
+        for _ in range(5):
+            toks.append(s.append_argmax(ids))
+            ids = [toks[-1]]
+        got[i] = toks
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+        assert not t.is_alive(), "append_argmax hung"
+    assert got == want
+
+
 def test_append_argmax_errors_change_nothing():
     m = gn.load(FIXTURES / "tiny-a", max_context=20)
     s = m.session()

@@ -326,22 +326,31 @@ impl Model {
         let c = &self.config;
         let lm = &self.weights.lm_head;
         let vocab = lm.r1 - lm.r0;
-        let screen = self.screen.get_or_init(|| {
-            if lm.q8.is_some() {
-                return None;
-            }
-            // Earlier full logits mapped the bf16 pages: unmap them first, so that the copy
-            // replaces them in the RSS rather than adding to its peak (the screen reads
-            // rows with `pread`, not through the map).
-            self.ckpt.release(&lm.t);
-            super::argmax::Screen::build(&self.ckpt, &lm.t, lm.r0, vocab, c.hidden_size)
-        });
         let full = |ws: &mut Workspace| {
             let logits = buf(&mut ws.logits, vocab);
             kernels::matmul(self.isa, self.precision, h, 1, &lm.weight(&self.ckpt), None, logits, &mut ws.scratch);
             first_argmax(logits)
         };
-        let Some(screen) = screen else {
+        if self.screen.get().is_none() {
+            // Whoever takes the lock builds; a call that finds it taken (another session, or
+            // this very thread inside the build's parallel loop) computes every logit.
+            let Ok(_building) = self.screen_building.try_lock() else {
+                return full(ws);
+            };
+            if self.screen.get().is_none() {
+                let screen = if lm.q8.is_some() {
+                    None
+                } else {
+                    // Earlier full logits mapped the bf16 pages: unmap them first, so that the
+                    // copy replaces them in the RSS rather than adding to its peak (the screen
+                    // reads rows with `pread`, not through the map).
+                    self.ckpt.release(&lm.t);
+                    super::argmax::Screen::build(&self.ckpt, &lm.t, lm.r0, vocab, c.hidden_size)
+                };
+                let _ = self.screen.set(screen);
+            }
+        }
+        let Some(Some(screen)) = self.screen.get() else {
             return full(ws);
         };
         // approx[vocab] = x̂ @ Q8(lm_head)^T, "int16" activations

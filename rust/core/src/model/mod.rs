@@ -47,6 +47,10 @@ pub struct Model {
     /// lm_head's screen for greedy decoding, built on first use (`argmax.rs`); None
     /// where lm_head is already Q8 or cannot be screened.
     pub screen: OnceLock<Option<argmax::Screen>>,
+    /// Held while the screen is built. Calls that find it taken compute every logit
+    /// instead of waiting: a rayon worker building it may itself pick up another
+    /// session's step, which must not block on the build it is inside of.
+    pub screen_building: std::sync::Mutex<()>,
 }
 
 impl Model {
@@ -89,6 +93,7 @@ impl Model {
             // (tiny-b: max |dlogit| 0.16 against its 5e-2 bound), so it keeps f32 rows.
             kv_dtype: if opts.q8 { KvDtype::Bf16 } else { KvDtype::F32 },
             screen: OnceLock::new(),
+            screen_building: std::sync::Mutex::new(()),
         })
     }
 
