@@ -283,19 +283,17 @@ impl Model {
         // A batch of argmax-only segments goes through the screen; anything else gets
         // every logit of its rows.
         if !rows.is_empty() && segs.iter().all(|s| matches!(s.want, Logits::Argmax)) {
-            let mut out = Vec::with_capacity(segs.len());
-            let mut i = 0;
-            for &n in &counts {
-                if n == 0 {
-                    out.push(Vec::new());
-                    continue;
-                }
-                let h = std::mem::take(&mut ws.h);
-                let best = self.lm_head_argmax(&h[i * hd..(i + 1) * hd], ws);
-                ws.h = h;
-                out.push(vec![best as f32]);
-                i += 1;
-            }
+            // Rows of h in order, one per segment that has tokens.
+            let h = std::mem::take(&mut ws.h);
+            let mut hrows = h.chunks_exact(hd);
+            let out = counts
+                .iter()
+                .map(|&n| match n {
+                    0 => Vec::new(),
+                    _ => vec![self.lm_head_argmax(hrows.next().expect("one h row per segment"), ws) as f32],
+                })
+                .collect();
+            ws.h = h;
             return Ok(out);
         }
         let mut logits = vec![0f32; rows.len() * c.vocab_size];
@@ -328,7 +326,7 @@ impl Model {
         let vocab = lm.r1 - lm.r0;
         let full = |ws: &mut Workspace| {
             let logits = buf(&mut ws.logits, vocab);
-            kernels::matmul(self.isa, self.precision, h, 1, &lm.weight(&self.ckpt), None, logits, &mut ws.scratch);
+            self.matmul(h, 1, &lm.weight(&self.ckpt), None, logits, &mut ws.scratch);
             first_argmax(logits)
         };
         if self.screen.get().is_none() {
@@ -386,7 +384,7 @@ impl Model {
         }
         let exact = buf(&mut ws.kept_logits, k);
         let rows = Weight::bf16(&ws.kept_rows[..k * row_bytes], k, c.hidden_size);
-        kernels::matmul(self.isa, self.precision, h, 1, &rows, None, exact, &mut ws.scratch);
+        self.matmul(h, 1, &rows, None, exact, &mut ws.scratch);
         if exact.iter().any(|v| v.is_nan()) {
             return full(ws);
         }
