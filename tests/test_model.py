@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -20,12 +21,13 @@ from .st_helpers import read_raw, write_raw
 
 NAMES = ["tiny-a", "tiny-b"]
 GOLDEN = {n: load_file(str(FIXTURES / n / "golden.safetensors")) for n in NAMES}
-_MODELS: dict[tuple[str, str], gn.Model] = {}
-_PATH_MODELS: dict[tuple[str, str, str], gn.Model] = {}
+_MODELS: dict[tuple[str, str, str | None], gn.Model] = {}
 
 
 def model(name: str, precision: str = "f32") -> gn.Model:
-    key = (name, precision)
+    """A fixture model, loaded once per precision and kernel path (the path a test forces
+    through GPTOSS_NATIVE_KERNELS, or the default)."""
+    key = (name, precision, os.environ.get("GPTOSS_NATIVE_KERNELS"))
     if key not in _MODELS:
         _MODELS[key] = gn.load(FIXTURES / name, precision=precision, max_context=1024)
     return _MODELS[key]
@@ -96,11 +98,7 @@ def test_append_argmax_is_the_argmax_of_the_full_logits(data, kernels):
     through a Q8 copy, the rows it keeps exact) against numpy's argmax of `append`."""
     name = data.draw(st.sampled_from(NAMES))
     precision = data.draw(st.sampled_from(["f32", "auto", "q8"]))
-    # Not the shared `model()` cache: these load under the `kernels` path being tested.
-    key = (name, precision, kernels)
-    if key not in _PATH_MODELS:
-        _PATH_MODELS[key] = gn.load(FIXTURES / name, precision=precision, max_context=1024)
-    m = _PATH_MODELS[key]
+    m = model(name, precision)
     assert m.kernels == kernels
     vocab = m.config.vocab_size
     prompt = data.draw(st.lists(st.integers(0, vocab - 1), min_size=1, max_size=40))

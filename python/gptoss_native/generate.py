@@ -127,29 +127,25 @@ def generate_steps(
     params.validate()
     if params.greedy_only and len(prompt_ids) and max_new_tokens > 0:
         # Only the argmax is needed: the session finds it without every logit.
-        tok = session.append_argmax(list(prompt_ids))
-        for i in range(max_new_tokens):
-            if cancel is not None and cancel.is_set():
-                return
-            yield Step(tok)
-            if tok in stops or i + 1 == max_new_tokens:
-                return
-            tok = session.append_argmax([tok])
-        return
-    logits = session.append(list(prompt_ids)) if len(prompt_ids) else None
-    if max_new_tokens == 0:
-        return
-    if logits is None:
-        raise ValueError("generation needs at least one prompt token (or a session that has some)")
-    sampler = Sampler(params, vocab_size or logits.shape[-1])
+        pending = session.append_argmax(list(prompt_ids))
+        feed, pick = session.append_argmax, Step
+    else:
+        pending = session.append(list(prompt_ids)) if len(prompt_ids) else None
+        if max_new_tokens == 0:
+            return
+        if pending is None:
+            raise ValueError("generation needs at least one prompt token (or a session that has some)")
+        sampler = Sampler(params, vocab_size or pending.shape[-1])
+        feed, pick = session.append, lambda logits: sampler(logits[0])
+    # `pending`: what the session gave for the last token fed (its logits, or its argmax).
     for i in range(max_new_tokens):
         if cancel is not None and cancel.is_set():
             return
-        step = sampler(logits[0])
+        step = pick(pending)
         yield step
         if step.token in stops or i + 1 == max_new_tokens:
             return
-        logits = session.append([step.token])
+        pending = feed([step.token])
 
 
 def _lookup_draft(context: list[int], k: int, max_ngram: int = 3) -> list[int]:
