@@ -6,7 +6,10 @@ repetitive prompt, in the same process (alternating, medians); checks the output
 
 With random weights the model rarely continues the prompt's n-grams, so the acceptance
 rate (printed) says how much speculation could pay; the speedup is real only where drafts
-are accepted (real models on code, quotes, edits).
+are accepted (real models on code, quotes, edits). So the script also times one
+verification pass of 1 + k tokens (every logit) against one plain greedy step, for
+k = 1, 2, 4 and the draft length: a pass pays for itself where more than (its cost in
+steps - 1) draft tokens are accepted on average.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import statistics
 import time
 
 import gptoss_native as gn
+from gptoss_native.generate import prompt_lookup_steps
 
 
 def main() -> int:
@@ -30,24 +34,47 @@ def main() -> int:
     tok = m.tokenizer
     prompt = tok.encode("def add(a, b):\n    return a + b\n\n" * 12)
     plain_t, fast_t = [], []
-    def timed(**kw):
+    def session():
         # The same start for both: the prompt but its last token prefilled, untimed.
         s = m.session()
         s.append(prompt[:-1], logits=None)
-        t0 = time.perf_counter()
-        out = m.generate(prompt[-1:], max_new_tokens=a.tokens, temperature=0, stop_token_ids=[], session=s, **kw)
-        return out, a.tokens / (time.perf_counter() - t0)
+        return s
 
     for rep in range(a.reps):
-        plain, tps = timed()
-        plain_t.append(tps)
-        fast, tps = timed(prompt_lookup=a.draft)
-        fast_t.append(tps)
+        s = session()
+        t0 = time.perf_counter()
+        plain = m.generate(prompt[-1:], max_new_tokens=a.tokens, temperature=0, stop_token_ids=[], session=s)
+        plain_t.append(a.tokens / (time.perf_counter() - t0))
+        s, stats = session(), {}
+        t0 = time.perf_counter()
+        fast = [st.token for st in prompt_lookup_steps(s, prompt[-1:], a.tokens, (), a.draft, stats)]
+        fast_t.append(a.tokens / (time.perf_counter() - t0))
         same = sum(x == y for x, y in zip(plain, fast))
         print(f"rep {rep + 1}: plain {plain_t[-1]:.2f} tok/s, prompt lookup {fast_t[-1]:.2f} tok/s, "
-              f"outputs agree on {same}/{len(plain)} tokens")
+              f"outputs agree on {same}/{len(plain)} tokens; {stats['passes']} verification passes, "
+              f"{stats['accepted']}/{stats['drafted']} draft tokens accepted")
     p, f = statistics.median(plain_t), statistics.median(fast_t)
     print(f"plain greedy {p:.2f} tok/s; prompt lookup (draft {a.draft}) {f:.2f} tok/s ({f / p:.2f}x)")
+
+    # The price of a pass: 1 + k tokens with every logit, against a plain greedy step
+    # (alternating, medians; the cache is truncated back after each pass).
+    s = session()
+    nxt = s.append_argmax(prompt[-1:])
+    for k in sorted({1, 2, 4, a.draft}):
+        steps, passes = [], []
+        for _ in range(a.reps):
+            base = len(s)
+            t0 = time.perf_counter()
+            s.append_argmax([nxt])
+            steps.append(time.perf_counter() - t0)
+            s.truncate(base)
+            t0 = time.perf_counter()
+            s.append([nxt] + prompt[-k:], logits="all")
+            passes.append(time.perf_counter() - t0)
+            s.truncate(base)
+        ratio = statistics.median(passes) / statistics.median(steps)
+        print(f"verification pass of 1 + {k} tokens: {ratio:.2f} plain steps "
+              f"(pays where more than {ratio - 1:.2f} draft tokens are accepted per pass)")
     return 0
 
 

@@ -323,6 +323,73 @@ def test_prompt_lookup_decoding_matches_greedy(tiny):
     assert len(s.tokens) >= len(full) - 1 and s.tokens == full[: len(s.tokens)]
     with pytest.raises(ValueError, match="greedy"):
         tiny.generate(prompt, max_new_tokens=2, prompt_lookup=4)
+    with pytest.raises(ValueError, match="greedy"):
+        tiny.generate(prompt, max_new_tokens=2, temperature=0, presence_penalty=0.5, prompt_lookup=4)
+
+
+class _TableSession:
+    """A stand-in session whose "model" picks the next token from a table by context
+    length (with a per-context twist), so that prompt lookup's drafts are sometimes
+    right and sometimes wrong; one-hot logits, the Session methods prompt lookup uses."""
+
+    def __init__(self, table, vocab=16):
+        self.tokens, self.table, self.vocab = [], table, vocab
+
+    def _next(self):
+        t = self.table[len(self.tokens) % len(self.table)]
+        return (t + self.tokens[-1] % 2) % self.vocab if len(self.tokens) % 5 == 0 else t
+
+    def append_argmax(self, ids):
+        assert len(ids) > 0
+        self.tokens += list(ids)
+        return self._next()
+
+    def append(self, ids, logits="last"):
+        rows = []
+        for i in ids:
+            self.tokens.append(int(i))
+            row = np.zeros(self.vocab, np.float32)
+            row[self._next()] = 1.0
+            rows.append(row)
+        return np.stack(rows) if logits == "all" else np.stack(rows[-1:])
+
+    def truncate(self, n):
+        del self.tokens[n:]
+
+
+@settings(max_examples=150, deadline=None)
+@given(table=st.lists(st.integers(0, 15), min_size=1, max_size=9),
+       prompt=st.lists(st.integers(0, 15), min_size=1, max_size=30),
+       k=st.integers(1, 8), max_new=st.integers(0, 40),
+       stops=st.lists(st.integers(0, 15), max_size=2))
+def test_prompt_lookup_equals_greedy_over_random_models(table, prompt, k, max_new, stops):
+    from gptoss_native.generate import SamplingParams, generate_steps, prompt_lookup_steps
+
+    plain_s, fast_s = _TableSession(table), _TableSession(table)
+    plain = [st_.token for st_ in generate_steps(plain_s, prompt, SamplingParams(temperature=0), max_new, stops)]
+    stats = {}
+    fast = [st_.token for st_ in prompt_lookup_steps(fast_s, prompt, max_new, stops, k, stats)]
+    assert fast == plain
+    # The session holds the prompt and every output token but possibly the last (never
+    # more: rejected draft tokens are truncated away).
+    full = list(prompt) + plain
+    assert fast_s.tokens == full[: len(fast_s.tokens)] and len(fast_s.tokens) >= len(full) - 1
+    assert 0 <= stats["accepted"] <= stats["drafted"] <= k * stats["passes"]
+
+
+def test_prompt_lookup_accepts_drafts_of_a_repeating_model():
+    from gptoss_native.generate import prompt_lookup_steps
+
+    # The model continues 1 2 3 4 5 6 7 (but at each fifth position): the context repeats,
+    # so most drafts are right, and the output still equals plain greedy decoding.
+    s, stats = _TableSession([1, 2, 3, 4, 5, 6, 7]), {}
+    out = [st_.token for st_ in prompt_lookup_steps(s, [1, 2, 3, 4, 5, 6, 7] * 3, 40, (), 6, stats)]
+    plain_s = _TableSession([1, 2, 3, 4, 5, 6, 7])
+    from gptoss_native.generate import SamplingParams, generate_steps
+
+    assert out == [st_.token for st_ in generate_steps(plain_s, [1, 2, 3, 4, 5, 6, 7] * 3, SamplingParams(temperature=0), 40)]
+    assert stats["accepted"] > 0 and stats["drafted"] > stats["accepted"]
+    assert stats["passes"] < 40
 
 
 def test_lookup_draft():

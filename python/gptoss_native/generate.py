@@ -160,20 +160,33 @@ def _lookup_draft(context: list[int], k: int, max_ngram: int = 3) -> list[int]:
 
 
 def prompt_lookup_steps(
-    session, prompt_ids: Sequence[int], max_new_tokens: int, stop_token_ids: Sequence[int] = (), k: int = 8
+    session,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    stop_token_ids: Sequence[int] = (),
+    k: int = 8,
+    stats: dict | None = None,
 ) -> Iterator[Step]:
     """Greedy decoding with prompt-lookup speculation (no draft model): draft up to k
     tokens from n-grams of the context, feed them after the current token in one pass,
     keep the longest prefix the model itself would have chosen (plus its next token),
     and truncate the cache past it. The output equals plain greedy decoding except where
     two logits tie within the precision's tolerance (batched and one-token passes sum in
-    different orders)."""
+    different orders). Steps without a draft take the argmax through the lm_head screen
+    (`Session.append_argmax`), as plain greedy decoding does. `stats`, when given, gets
+    the counts "passes" (verification passes), "drafted" and "accepted" (draft tokens)."""
     stops = set(int(t) for t in stop_token_ids)
+    if stats is not None:
+        stats.update(passes=0, drafted=0, accepted=0)
+    if not len(prompt_ids):
+        raise ValueError("generation needs at least one prompt token")
+    if max_new_tokens <= 0:
+        session.append(list(prompt_ids), logits=None)
+        return
     context = list(session.tokens) + list(prompt_ids)
-    logits = session.append(list(prompt_ids))
+    tok = session.append_argmax(list(prompt_ids))
     produced = 0
-    while produced < max_new_tokens:
-        tok = int(np.argmax(logits[0]))
+    while True:
         yield Step(tok)
         produced += 1
         context.append(tok)
@@ -181,7 +194,7 @@ def prompt_lookup_steps(
             return
         draft = _lookup_draft(context, min(k, max_new_tokens - produced))
         if not draft:
-            logits = session.append([tok])
+            tok = session.append_argmax([tok])
             continue
         # One pass over tok + draft: rows[i] are the logits after tok, draft[:i].
         rows = session.append([tok] + draft, logits="all")
@@ -194,11 +207,16 @@ def prompt_lookup_steps(
             accepted += 1
             context.append(d)
             if d in stops or produced >= max_new_tokens:
-                session.truncate(len(context))
-                return
+                break
+        if stats is not None:
+            stats["passes"] += 1
+            stats["drafted"] += len(draft)
+            stats["accepted"] += accepted
         # Keep tok and the accepted draft (their K/V came from this pass); drop the rest.
         session.truncate(len(context))
-        logits = rows[accepted : accepted + 1]
+        if context[-1] in stops or produced >= max_new_tokens:
+            return
+        tok = int(np.argmax(rows[accepted]))
 
 
 def reuse_prefix(session, prompt: Sequence[int]) -> int:
@@ -268,8 +286,8 @@ def generate(
 
         raise ContextLengthError(f"prompt of {len(prompt)} tokens does not fit the context of {sess.max_context}")
 
-    if prompt_lookup and params.temperature != 0:
-        raise ValueError("prompt_lookup needs greedy decoding (temperature=0)")
+    if prompt_lookup and not params.greedy_only:
+        raise ValueError("prompt_lookup needs plain greedy decoding (temperature=0, no penalties)")
 
     def run() -> Iterator[int]:
         out: list[int] = []
