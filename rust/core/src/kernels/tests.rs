@@ -203,7 +203,7 @@ fn int8_case(precision: Precision, per: f64) {
             matmul(isa, precision, &x, m, &w, None, &mut got, &mut Scratch::default());
             for k in 0..m * rows {
                 let err = (got[k] as f64 - want[k]).abs();
-                assert!(err <= bound[k], "{} int8 [{m},{rows},{n}] {k}: err {err} > {}", isa.name(), bound[k]);
+                assert!(err <= bound[k], "{} {precision:?} [{m},{rows},{n}] {k}: err {err} > {}", isa.name(), bound[k]);
                 // Same integer sums as the scalar twin: only f32 rounding differs (AVX2
                 // has no integer GEMM: its m > 4 matmuls keep f32 activations).
                 if Path::of(isa, precision, &w, m) == Path::of(Isa::Scalar, precision, &w, m) {
