@@ -54,10 +54,11 @@ impl KvElem for u16 {
 pub struct Group<'a> {
     /// [group, head_dim]: the query heads sharing this kv head
     pub q: &'a [f32],
-    /// the layer's cache, [len, kv_dim]
+    /// the layer's K and V storage
     pub kv: KvRows<'a>,
-    pub kv_dim: usize,
-    /// this kv head's offset in a cache row
+    /// elements from one position's row to the next (head_dim in the head-major cache)
+    pub row_stride: usize,
+    /// where this kv head's row of position 0 starts
     pub off: usize,
     /// first visible key, and how many
     pub lo: usize,
@@ -121,12 +122,26 @@ fn sum16(s: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + c.remainder().iter().sum::<f32>()
 }
 
+/// The largest of `init` and `s`, with 16 independent partial maxima (vectorizable; a
+/// single running maximum is a chain of dependent compares, one per score).
+#[inline(always)]
+fn max16(init: f32, s: &[f32]) -> f32 {
+    let mut acc = [init; 16];
+    let mut c = s.chunks_exact(16);
+    for x in &mut c {
+        for l in 0..16 {
+            acc[l] = acc[l].max(x[l]);
+        }
+    }
+    acc.iter().chain(c.remainder()).fold(init, |m, &x| m.max(x))
+}
+
 /// Softmax over keys + sink of each head's scores, in place (the sink's share is left out).
 #[inline(always)]
 fn softmax_with_sinks(sinks: &[f32], n: usize, scores: &mut [f32]) {
     for (h, &sink) in sinks.iter().enumerate() {
         let s = &mut scores[h * n..(h + 1) * n];
-        let max = s.iter().fold(sink, |m, &x| m.max(x));
+        let max = max16(sink, s);
         for x in s.iter_mut() {
             *x = exp(*x - max);
         }
@@ -141,7 +156,7 @@ fn softmax_with_sinks(sinks: &[f32], n: usize, scores: &mut [f32]) {
 fn body<E: KvElem>(g: &Group, k: &[E], v: &[E], scores: &mut [f32], out: &mut [f32]) {
     let (group, hd, n) = (g.sinks.len(), g.head_dim, g.nkeys);
     for j in 0..n {
-        let row = (g.lo + j) * g.kv_dim + g.off;
+        let row = (g.lo + j) * g.row_stride + g.off;
         let kr = &k[row..row + hd];
         for h in 0..group {
             scores[h * n + j] = dot(&g.q[h * hd..(h + 1) * hd], kr) * g.scale;
@@ -150,7 +165,7 @@ fn body<E: KvElem>(g: &Group, k: &[E], v: &[E], scores: &mut [f32], out: &mut [f
     softmax_with_sinks(g.sinks, n, scores);
     out.fill(0.0);
     for j in 0..n {
-        let row = (g.lo + j) * g.kv_dim + g.off;
+        let row = (g.lo + j) * g.row_stride + g.off;
         let vr = &v[row..row + hd];
         for h in 0..group {
             let p = scores[h * n + j];
@@ -192,7 +207,7 @@ unsafe fn body_avx512_chunks<E: KvElem, const NC: usize>(
     use std::arch::x86_64::*;
     let (group, hd, n) = (g.sinks.len(), g.head_dim, g.nkeys);
     let scale = _mm512_set1_ps(g.scale);
-    let key = |j: usize| k.as_ptr().add((g.lo + j) * g.kv_dim + g.off);
+    let key = |j: usize| k.as_ptr().add((g.lo + j) * g.row_stride + g.off);
     // scores[h][j] = q_h . k_j * scale
     let full = n / 16 * 16;
     for j0 in (0..full).step_by(16) {
@@ -225,7 +240,7 @@ unsafe fn body_avx512_chunks<E: KvElem, const NC: usize>(
         let hn = (group - h0).min(4);
         let mut o = [[_mm512_setzero_ps(); NC]; 4];
         for j in 0..n {
-            let vp = v.as_ptr().add((g.lo + j) * g.kv_dim + g.off);
+            let vp = v.as_ptr().add((g.lo + j) * g.row_stride + g.off);
             let vv: [__m512; NC] = std::array::from_fn(|c| E::load16(vp.add(c * 16)));
             for (hh, oh) in o.iter_mut().enumerate().take(hn) {
                 let p = _mm512_set1_ps(*scores.get_unchecked((h0 + hh) * n + j));
@@ -283,7 +298,8 @@ pub fn attend_group(isa: Isa, g: &Group, scores: &mut [f32], out: &mut [f32]) {
 
 fn attend_rows<E: KvElem>(isa: Isa, g: &Group, k: &[E], v: &[E], scores: &mut [f32], out: &mut [f32]) {
     assert!(scores.len() >= g.sinks.len() * g.nkeys && out.len() == g.sinks.len() * g.head_dim);
-    assert!((g.lo + g.nkeys) * g.kv_dim <= k.len().min(v.len()) && g.off + g.head_dim <= g.kv_dim);
+    let end = if g.nkeys == 0 { 0 } else { (g.lo + g.nkeys - 1) * g.row_stride + g.off + g.head_dim };
+    assert!(end <= k.len().min(v.len()) && g.head_dim <= g.row_stride);
     match isa {
         // SAFETY: `isa` comes from `cpu::select`, which checked the CPU has these features.
         #[cfg(target_arch = "x86_64")]
@@ -315,20 +331,22 @@ mod tests {
 
     #[test]
     fn every_path_matches_a_float64_softmax() {
-        // (group, head_dim, kv_dim, cache rows, head offset, first key, keys): the real shape
+        // (group, head_dim, row stride, cache rows, head offset, first key, keys): the real shape
         // (8 x 64) with 16-key blocks and a tail, a partial group of four heads, exactly
-        // 16 keys, fewer than 16, and head_dims the AVX-512 kernel leaves to the plain body.
-        for &(group, hd, kv_dim, len, off, lo, nkeys) in &[
+        // 16 keys, fewer than 16, head_dims the AVX-512 kernel leaves to the plain body, and the
+        // head-major cache's layout (rows head_dim apart, the fourth head's run).
+        for &(group, hd, stride, len, off, lo, nkeys) in &[
             (8usize, 64usize, 512usize, 400usize, 192usize, 7usize, 333usize),
             (5, 64, 128, 20, 64, 4, 16),
             (2, 32, 64, 9, 0, 0, 9),
             (3, 40, 80, 37, 40, 5, 30),
             (1, 80, 160, 40, 80, 0, 40),
+            (8, 64, 64, 300, 3 * 300 * 64, 5, 290),
         ] {
             let f = |i: usize| ((i * 2654435761) % 1000) as f32 / 500.0 - 1.0;
             let q: Vec<f32> = (0..group * hd).map(f).collect();
-            let k32: Vec<f32> = (0..len * kv_dim).map(|i| f(i + 7)).collect();
-            let v32: Vec<f32> = (0..len * kv_dim).map(|i| f(i + 13)).collect();
+            let k32: Vec<f32> = (0..off + len * stride).map(|i| f(i + 7)).collect();
+            let v32: Vec<f32> = (0..off + len * stride).map(|i| f(i + 13)).collect();
             let sinks: Vec<f32> = (0..group).map(|h| [0.3f32, -1.0, 2.0][h % 3] + h as f32 * 0.1).collect();
             let scale = 1.0 / (hd as f32).sqrt();
             // The same cache as bf16 rows; its reference reads the rounded values.
@@ -340,14 +358,14 @@ mod tests {
                 [(KvRows::F32 { k: &k32, v: &v32 }, &k32, &v32), (KvRows::Bf16 { k: &k16, v: &v16 }, &k16f, &v16f)];
             for ((rows, k, v), isa) in caches.iter().flat_map(|c| Isa::available().into_iter().map(move |isa| (c, isa)))
             {
-                let g = Group { q: &q, kv: *rows, kv_dim, off, lo, nkeys, head_dim: hd, sinks: &sinks, scale };
+                let g = Group { q: &q, kv: *rows, row_stride: stride, off, lo, nkeys, head_dim: hd, sinks: &sinks, scale };
                 let mut scores = vec![0f32; group * nkeys];
                 let mut out = vec![0f32; group * hd];
                 attend_group(isa, &g, &mut scores, &mut out);
                 for h in 0..group {
                     let s: Vec<f64> = (0..nkeys)
                         .map(|j| {
-                            (0..hd).map(|d| q[h * hd + d] as f64 * k[(lo + j) * kv_dim + off + d] as f64).sum::<f64>()
+                            (0..hd).map(|d| q[h * hd + d] as f64 * k[(lo + j) * stride + off + d] as f64).sum::<f64>()
                                 * scale as f64
                         })
                         .collect();
@@ -355,7 +373,7 @@ mod tests {
                     let denom: f64 = s.iter().map(|x| (x - max).exp()).sum::<f64>() + (sinks[h] as f64 - max).exp();
                     for d in 0..hd {
                         let want: f64 = (0..nkeys)
-                            .map(|j| (s[j] - max).exp() / denom * v[(lo + j) * kv_dim + off + d] as f64)
+                            .map(|j| (s[j] - max).exp() / denom * v[(lo + j) * stride + off + d] as f64)
                             .sum();
                         let got = out[h * hd + d] as f64;
                         assert!(

@@ -26,7 +26,7 @@ use super::weights::Layer;
 use super::Model;
 use crate::error::{Error, Result};
 use crate::kernels::{self, with_thread_buffer, Job, OutPtr, Weight};
-use crate::runtime::kv_cache::{KvCache, LayerKv};
+use crate::runtime::kv_cache::KvCache;
 use crate::runtime::Logits;
 use rayon::prelude::*;
 
@@ -206,8 +206,6 @@ impl Model {
                     c.vocab_size
                 )));
             }
-            // A step interrupted by a panic may have left K/V rows past len: drop them.
-            seg.cache.rollback();
             seg.cache.check_room(seg.ids.len())?;
         }
         // Token t of the batch: its segment and its position in that segment's sequence.
@@ -431,19 +429,19 @@ impl Model {
                 Rope::apply(head, cs, sn);
             }
         }
-        // Each segment's rows are contiguous: append them to its cache.
+        // Each segment's rows are contiguous: write them after its cached positions.
         let mut first = 0;
         for seg in segs.iter_mut() {
             let n = seg.ids.len();
-            let kv = &mut seg.cache.layers[li];
             let rows = first * kv_dim..(first + n) * kv_dim;
-            kv.extend_from_f32(&k[rows.clone()], &v[rows]);
+            let pos = seg.cache.len();
+            seg.cache.write(li, pos, &k[rows.clone()], &v[rows]);
             first += n;
         }
 
-        let caches: Vec<&LayerKv> = segs.iter().map(|s| &s.cache.layers[li]).collect();
+        let caches: Vec<&KvCache> = segs.iter().map(|s| &*s.cache).collect();
         let attn = buf(&mut ws.attn, t_n * q_dim);
-        self.attend(layer, q, &caches, tok_seg, tok_pos, attn);
+        self.attend(layer, li, q, &caches, tok_seg, tok_pos, attn);
         // attn[T, q_dim] @ Wo[H, q_dim]^T -> o[T, H]; x += o
         let o = buf(&mut ws.o, t_n * hd);
         self.matmul(attn, t_n, &layer.o.weight(ck), Some(&layer.o_bias), o, &mut ws.scratch);
@@ -455,11 +453,13 @@ impl Model {
     /// Scaled dot-product attention with a learned sink per head, over the visible keys
     /// (all up to the query, or the last `sliding_window` including it). One task per
     /// (token, kv head) handles the query heads that share that kv head.
+    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         layer: &Layer,
+        li: usize,
         q: &[f32],
-        caches: &[&LayerKv],
+        caches: &[&KvCache],
         tok_seg: &[usize],
         tok_pos: &[usize],
         out: &mut [f32],
@@ -467,7 +467,7 @@ impl Model {
         let t_n = tok_seg.len();
         let c = &self.config;
         let (nh, nkv, head_dim) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
+        let q_dim = c.q_dim();
         let group = nh / nkv;
         let scale = 1.0 / (head_dim as f32).sqrt();
         let window = match layer.attention {
@@ -478,14 +478,14 @@ impl Model {
         (0..t_n * nkv).into_par_iter().for_each(|task| {
             let optr = optr;
             let (t, g) = (task / nkv, task % nkv);
-            let (kv, pos) = (caches[tok_seg[t]], tok_pos[t]);
+            let (cache, pos) = (caches[tok_seg[t]], tok_pos[t]);
             let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
             let heads = g * group..(g + 1) * group;
             let args = attention::Group {
                 q: &q[t * q_dim + heads.start * head_dim..t * q_dim + heads.end * head_dim],
-                kv: kv.view(),
-                kv_dim,
-                off: g * head_dim,
+                kv: cache.layers[li].view(),
+                row_stride: head_dim,
+                off: cache.head_offset(g),
                 lo,
                 nkeys: pos + 1 - lo,
                 head_dim,

@@ -121,6 +121,12 @@ impl Model {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.num_hidden_layers, self.config.kv_dim(), self.max_context, self.kv_dtype)
+        KvCache::new(
+            self.config.num_hidden_layers,
+            self.config.num_key_value_heads,
+            self.config.head_dim,
+            self.max_context,
+            self.kv_dtype,
+        )
     }
 }
