@@ -358,7 +358,8 @@ mod tests {
                 [(KvRows::F32 { k: &k32, v: &v32 }, &k32, &v32), (KvRows::Bf16 { k: &k16, v: &v16 }, &k16f, &v16f)];
             for ((rows, k, v), isa) in caches.iter().flat_map(|c| Isa::available().into_iter().map(move |isa| (c, isa)))
             {
-                let g = Group { q: &q, kv: *rows, row_stride: stride, off, lo, nkeys, head_dim: hd, sinks: &sinks, scale };
+                let g =
+                    Group { q: &q, kv: *rows, row_stride: stride, off, lo, nkeys, head_dim: hd, sinks: &sinks, scale };
                 let mut scores = vec![0f32; group * nkeys];
                 let mut out = vec![0f32; group * hd];
                 attend_group(isa, &g, &mut scores, &mut out);
