@@ -13,7 +13,7 @@
 //! 256-byte slice of every 2 KiB position row. Strided that way, the rows defeated the
 //! hardware prefetcher and mapped to a few cache sets (the 2 KiB stride): decode
 //! attention over 4096 positions of 12 full layers took 19.5-27 ms with 2 threads
-//! against 12.5-16.5 head-major (a standalone measurement of `attention::attend_group`).
+//! against 9.8-12 head-major (a standalone loop over `attention::attend_group`).
 //! The storage for `max_context` tokens is allocated zeroed up front, which reserves
 //! address space only: pages become resident as positions are written.
 //!
