@@ -434,8 +434,7 @@ impl Model {
         for seg in segs.iter_mut() {
             let n = seg.ids.len();
             let rows = first * kv_dim..(first + n) * kv_dim;
-            let pos = seg.cache.len();
-            seg.cache.write(li, pos, &k[rows.clone()], &v[rows]);
+            seg.cache.write(li, &k[rows.clone()], &v[rows]);
             first += n;
         }
 

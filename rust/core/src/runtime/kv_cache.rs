@@ -89,15 +89,15 @@ impl KvCache {
         h * self.max_context * self.head_dim
     }
 
-    /// Write the K and V rows of positions pos.. of layer `li`, given in f32 as
-    /// [n, kv_heads * head_dim] (rounded to nearest even when stored as bf16). Rows past
-    /// `len` are not cached until `commit`; a later write replaces them.
-    pub fn write(&mut self, li: usize, pos: usize, new_k: &[f32], new_v: &[f32]) {
-        let (hd, kv_dim) = (self.head_dim, self.kv_heads * self.head_dim);
+    /// Write the K and V rows of the next positions (len..) of layer `li`, given in f32
+    /// as [n, kv_heads * head_dim] (rounded to nearest even when stored as bf16). They
+    /// are not cached until `commit`; a later write replaces them.
+    pub fn write(&mut self, li: usize, new_k: &[f32], new_v: &[f32]) {
+        let (hd, kv_dim, pos) = (self.head_dim, self.kv_heads * self.head_dim, self.len);
         let n = new_k.len() / kv_dim;
         assert!(new_k.len() == n * kv_dim && new_v.len() == n * kv_dim && pos + n <= self.max_context);
-        // Head h of position p goes to h * head_stride + p * hd.
-        let head_stride = self.max_context * hd;
+        // Head h of position p goes to head_offset(h) + p * hd.
+        let head_stride = self.head_offset(1);
         fn scatter<T>(dst: &mut [T], src: &[f32], kv_dim: usize, hd: usize, at0: usize, hs: usize, f: fn(f32) -> T) {
             for (t, row) in src.chunks_exact(kv_dim).enumerate() {
                 for (h, head) in row.chunks_exact(hd).enumerate() {
