@@ -4,12 +4,16 @@ repetitive prompt, in the same process (alternating, medians); checks the output
 
     python bench/prompt_lookup.py MODEL [--tokens 48] [--draft 8] [--reps 3] [--threads 2]
 
-With random weights the model rarely continues the prompt's n-grams, so the acceptance
-rate (printed) says how much speculation could pay; the speedup is real only where drafts
-are accepted (real models on code, quotes, edits). So the script also times one
-verification pass of 1 + k tokens (every logit) against one plain greedy step, for
-k = 1, 2, 4 and the draft length: a pass pays for itself where more than (its cost in
-steps - 1) draft tokens are accepted on average.
+The prompt is a passage, the model's own greedy continuation of it, and the passage
+again: a model that copies repeated text (a real one, on code, quotes or edits) then
+continues as before, and the drafts from the context are right. A random-weight model
+does not copy (its attention mixes in the whole context), so its acceptance (printed) is
+low; `gptoss-native synth --preset 20b --repeating` writes one that does (attention
+output zero: each next token depends on the current one alone), at the real shapes and
+cost per token, so the speedup it shows is the one of drafts that are always right.
+The script also times one verification pass of 1 + k tokens (every logit) against one
+plain greedy step, for k = 1, 2, 4 and the draft length: a pass pays for itself where
+more than (its cost in steps - 1) draft tokens are accepted on average.
 """
 
 from __future__ import annotations
@@ -31,8 +35,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args()
     m = gn.load(a.model, threads=a.threads, max_context=2048)
-    tok = m.tokenizer
-    prompt = tok.encode("def add(a, b):\n    return a + b\n\n" * 12)
+    passage = m.tokenizer.encode(
+        "The quick brown fox jumps over the lazy dog, then naps beside a river of warm honey "
+        "while seven curious owls debate the price of silver spoons in the moonlight."
+    )
+    cont = m.generate(passage, max_new_tokens=a.tokens, temperature=0, stop_token_ids=[])
+    prompt = passage + cont + passage
     plain_t, fast_t = [], []
     def session():
         # The same start for both: the prompt but its last token prefilled, untimed.

@@ -392,6 +392,30 @@ def test_prompt_lookup_accepts_drafts_of_a_repeating_model():
     assert stats["passes"] < 40
 
 
+def test_repeating_synthetic_model_continues_its_own_passages(tmp_path):
+    from gptoss_native.generate import prompt_lookup_steps
+    from gptoss_native.synth import synth
+
+    m = gn.load(synth(tmp_path / "rep", "tiny", seed=3, repeating=True, progress=False), max_context=512)
+    # Zero attention output: the logits after a token do not depend on what came before.
+    a = m.session().append([11, 2000, 345])[-1]
+    b = m.session().append([345])[-1]
+    assert int(a.argmax()) == int(b.argmax())
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * float(np.abs(b).max()))
+
+    # A passage, the model's own continuation of it, and the passage again: the model
+    # continues as before, and prompt lookup drafts exactly that continuation.
+    prompt = list(range(1000, 1012))
+    cont = m.generate(prompt, max_new_tokens=16, temperature=0, stop_token_ids=[])
+    again = prompt + cont + prompt
+    assert m.generate(again, max_new_tokens=16, temperature=0, stop_token_ids=[]) == cont
+    stats = {}
+    fast = [st_.token for st_ in prompt_lookup_steps(m.session(), again, 16, (), 5, stats)]
+    assert fast == cont
+    assert stats["accepted"] == stats["drafted"] > 0
+    assert stats["passes"] <= 3  # 16 tokens: the first by the prompt pass, then up to 6 per pass
+
+
 def test_lookup_draft():
     from gptoss_native.generate import _lookup_draft
 

@@ -284,7 +284,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from .synth import synth
 
     t0 = time.perf_counter()
-    out = synth(args.out_dir, args.preset, seed=args.seed, tokenizer=args.tokenizer, overwrite=args.overwrite)
+    out = synth(args.out_dir, args.preset, seed=args.seed, tokenizer=args.tokenizer, overwrite=args.overwrite,
+                repeating=args.repeating)
     print(f"wrote {args.preset} checkpoint to {out} in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -381,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--tokenizer", help="a tokenizer.json (copied) or o200k_base.tiktoken (converted)")
     s.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    s.add_argument("--repeating", action="store_true",
+                   help="zero attention output: the next token depends on the current one alone (prompt-lookup benchmarks)")
     s.set_defaults(func=cmd_synth)
     return p
 

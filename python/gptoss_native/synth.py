@@ -121,7 +121,7 @@ class _Spec:
     name: str
     dtype: str  # safetensors dtype
     shape: tuple[int, ...]
-    kind: str  # "normal", "norm", "codes", "scales"
+    kind: str  # "normal", "norm", "codes", "scales", "zeros"
     std: float = 0.02
 
     @property
@@ -129,7 +129,7 @@ class _Spec:
         return int(np.prod(self.shape, dtype=np.int64)) * (2 if self.dtype == "BF16" else 1)
 
 
-def _specs(c: dict) -> list[_Spec]:
+def _specs(c: dict, repeating: bool = False) -> list[_Spec]:
     H, I, E = c["hidden_size"], c["intermediate_size"], c["num_local_experts"]
     hd, nh, nkv, V = c["head_dim"], c["num_attention_heads"], c["num_key_value_heads"], c["vocab_size"]
     s = [_Spec("model.embed_tokens.weight", "BF16", (V, H), "normal")]
@@ -143,8 +143,8 @@ def _specs(c: dict) -> list[_Spec]:
             _Spec(p + "self_attn.k_proj.bias", "BF16", (nkv * hd,), "normal"),
             _Spec(p + "self_attn.v_proj.weight", "BF16", (nkv * hd, H), "normal"),
             _Spec(p + "self_attn.v_proj.bias", "BF16", (nkv * hd,), "normal"),
-            _Spec(p + "self_attn.o_proj.weight", "BF16", (H, nh * hd), "normal"),
-            _Spec(p + "self_attn.o_proj.bias", "BF16", (H,), "normal"),
+            _Spec(p + "self_attn.o_proj.weight", "BF16", (H, nh * hd), "zeros" if repeating else "normal"),
+            _Spec(p + "self_attn.o_proj.bias", "BF16", (H,), "zeros" if repeating else "normal"),
             _Spec(p + "self_attn.sinks", "BF16", (nh,), "normal", std=1.0),
             _Spec(p + "post_attention_layernorm.weight", "BF16", (H,), "norm"),
             _Spec(p + "mlp.router.weight", "BF16", (E, H), "normal"),
@@ -170,7 +170,9 @@ def _chunks(spec: _Spec, seed: int) -> Iterator[bytes]:
     done = 0
     while done < total:
         n = min(_CHUNK_VALUES, total - done)
-        if spec.kind == "codes":
+        if spec.kind == "zeros":
+            yield bytes(n * (2 if spec.dtype == "BF16" else 1))
+        elif spec.kind == "codes":
             yield rng.bytes(n)
         elif spec.kind == "scales":
             yield rng.integers(118, 123, size=n, dtype=np.uint8).tobytes()
@@ -202,8 +204,14 @@ def synth(
     tokenizer: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: bool | Callable[[int], None] = True,
+    repeating: bool = False,
 ) -> Path:
     """Write a random-weight checkpoint of `preset` ("tiny", "20b", "120b") to `out_dir`.
+
+    `repeating`: the attention output projections are zero, so each next token depends
+    on the current token alone and greedy decoding continues any passage the model
+    produced before: a stand-in, at the real shapes and cost, for a real model copying
+    a repeated text (prompt-lookup benchmarks).
 
     `tokenizer`: a tokenizer.json to copy in (its tokenizer_config.json comes along), or
     an `o200k_base.tiktoken` file to build o200k_harmony's tokenizer.json from.
@@ -214,7 +222,7 @@ def synth(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
     out.mkdir(parents=True, exist_ok=True)
-    specs = _specs(cfg)
+    specs = _specs(cfg, repeating)
     # Assign tensors to shards in order, starting a new shard past the size limit.
     shards: list[list[_Spec]] = [[]]
     size = 0
