@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -414,6 +415,139 @@ def test_repeating_synthetic_model_continues_its_own_passages(tmp_path):
     assert fast == cont
     assert stats["accepted"] == stats["drafted"] > 0
     assert stats["passes"] <= 3  # 16 tokens: the first by the prompt pass, then up to 6 per pass
+
+
+class _StepModel:
+    """A stand-in model whose `step` advances each session (checking every session's
+    room first, as the real one does) and records the batch sizes."""
+
+    def __init__(self):
+        self.sizes, self.lock = [], threading.Lock()
+
+    def step(self, sessions, tokens):
+        for s in sessions:
+            if len(s.tokens) >= getattr(s, "cap", 1 << 30):
+                raise ValueError("the context is full")
+        with self.lock:
+            self.sizes.append(len(sessions))
+        return np.stack([s.append([t])[0] for s, t in zip(sessions, tokens)])
+
+
+class _CappedTableSession(_TableSession):
+    def __init__(self, table, cap):
+        super().__init__(table)
+        self.cap = cap
+
+    def append(self, ids, logits="last"):
+        if len(self.tokens) + len(ids) > self.cap:
+            raise ValueError("the context is full")
+        return super().append(ids, logits)
+
+    def append_argmax(self, ids):
+        if len(self.tokens) + len(ids) > self.cap:
+            raise ValueError("the context is full")
+        return super().append_argmax(ids)
+
+
+def _run_threads(fns):
+    errors = [None] * len(fns)
+
+    def wrap(i):
+        try:
+            fns[i]()
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            errors[i] = e
+
+    threads = [threading.Thread(target=wrap, args=(i,)) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return errors
+
+
+def test_step_batcher_advances_concurrent_generations_together():
+    from gptoss_native.generate import SamplingParams, StepBatcher, generate_steps
+
+    tables = [[1, 2, 3], [4, 5, 6, 7], [8, 9], [10, 11, 12, 13, 14]]
+    lengths = [12, 13, 14, 15]
+    greedy = SamplingParams(temperature=0)
+    expected = [[st_.token for st_ in generate_steps(_TableSession(t), [i + 1], greedy, n)]
+                for i, (t, n) in enumerate(zip(tables, lengths))]
+    model = _StepModel()
+    batcher = StepBatcher(model, window=5.0)
+    outs = [None] * 4
+    start = threading.Barrier(4)
+
+    def gen(i):
+        def run():
+            with batcher.wrap(_TableSession(tables[i])) as s:
+                start.wait()
+                outs[i] = [st_.token for st_ in generate_steps(s, [i + 1], greedy, lengths[i])]
+        return run
+
+    assert _run_threads([gen(i) for i in range(4)]) == [None] * 4
+    assert outs == expected
+    # Every feed went through the batcher (the one-token prompt too), and once all four
+    # were decoding they shared passes; a generation that ended was not waited for.
+    assert batcher.fed == sum(lengths)
+    assert max(model.sizes) == 4 and batcher.batches < batcher.fed
+    assert batcher._decoding == 0
+
+
+def test_step_batcher_isolates_a_failing_session():
+    from gptoss_native.generate import SamplingParams, StepBatcher, generate_steps
+
+    greedy = SamplingParams(temperature=0)
+    model = _StepModel()
+    batcher = StepBatcher(model, window=5.0)
+    outs = [None] * 3
+    start = threading.Barrier(3)
+    sessions = [_TableSession([1, 2]), _CappedTableSession([3, 4], cap=6), _TableSession([5, 6, 7])]
+
+    def gen(i):
+        def run():
+            with batcher.wrap(sessions[i]) as s:
+                start.wait()
+                outs[i] = [st_.token for st_ in generate_steps(s, [9], greedy, 10)]
+        return run
+
+    errors = _run_threads([gen(i) for i in range(3)])
+    assert errors[0] is None and errors[2] is None
+    assert isinstance(errors[1], ValueError) and "full" in str(errors[1])
+    for i in (0, 2):
+        assert outs[i] == [st_.token for st_ in generate_steps(_TableSession(sessions[i].table), [9], greedy, 10)]
+
+
+def test_step_batcher_on_the_model_matches_one_generation_at_a_time(tiny):
+    from gptoss_native.generate import SamplingParams, StepBatcher, generate_steps
+
+    cases = [([200, 300, 400], SamplingParams(temperature=0)),
+             ([500, 600], SamplingParams(temperature=0.8, seed=1)),
+             ([700], SamplingParams(temperature=0, logprobs=2)),
+             ([800, 900, 1000, 1100], SamplingParams(temperature=1.0, top_p=0.9, seed=7))]
+    vocab = tiny.config.vocab_size
+
+    def steps(session, prompt, params):
+        return [(st_.token, st_.logprob) for st_ in generate_steps(session, prompt, params, 10, (), vocab)]
+
+    expected = [steps(tiny.session(), p, sp) for p, sp in cases]
+    batcher = StepBatcher(tiny, window=5.0)
+    outs = [None] * len(cases)
+    start = threading.Barrier(len(cases))
+
+    def gen(i):
+        def run():
+            with batcher.wrap(tiny.session()) as s:
+                start.wait()
+                outs[i] = steps(s, *cases[i])
+        return run
+
+    assert _run_threads([gen(i) for i in range(len(cases))]) == [None] * len(cases)
+    for (tok, lp), (etok, elp) in zip([x for o in outs for x in o], [x for e in expected for x in e]):
+        assert tok == etok
+        assert (lp is None) == (elp is None) and (lp is None or abs(lp - elp) < 1e-3)
+    assert batcher.batches < batcher.fed
 
 
 def test_lookup_draft():

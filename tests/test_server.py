@@ -260,6 +260,30 @@ def test_eight_concurrent_streams_all_finish(server):
     assert all(1 <= n <= 12 for n in results.values())
 
 
+def test_concurrent_requests_share_decode_passes_and_answer_as_alone(server):
+    # Greedy completions, one at a time and then four at once (the pool's size): the same
+    # texts, and the concurrent ones advanced together (fewer passes than tokens).
+    prompts = [f"Count with me: {i}, {i + 1}," for i in range(4)]
+
+    def ask(p: str) -> str:
+        r = server.client().completions.create(model="gpt-oss-test", prompt=p, max_tokens=10, temperature=0)
+        return r.choices[0].text
+
+    alone = [ask(p) for p in prompts]
+    before = httpx.get(server.base + "/health").json()
+    together: dict[int, str] = {}
+    threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, ask(prompts[i]))) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    after = httpx.get(server.base + "/health").json()
+    assert [together.get(i) for i in range(4)] == alone
+    passes = after["decode_passes"] - before["decode_passes"]
+    tokens = after["decoded_tokens"] - before["decoded_tokens"]
+    assert tokens >= 4 * 9 and passes < tokens
+
+
 def test_disconnect_mid_stream_frees_the_session(server):
     body = {"messages": [{"role": "user", "content": "a long story"}], "max_tokens": 400, "temperature": 1.0, "stream": True}
     with httpx.Client(timeout=60) as client:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["SamplingParams", "Sampler", "Step", "generate_steps"]
+__all__ = ["SamplingParams", "Sampler", "Step", "generate_steps", "StepBatcher"]
 
 
 @dataclass
@@ -217,6 +219,152 @@ def prompt_lookup_steps(
         if context[-1] in stops or produced >= max_new_tokens:
             return
         tok = int(np.argmax(rows[accepted]))
+
+
+class _Feed:
+    """One generation's next token, waiting for its batch."""
+
+    __slots__ = ("session", "token", "argmax", "done", "result", "error")
+
+    def __init__(self, session, token: int, argmax: bool):
+        self.session, self.token, self.argmax = session, token, argmax
+        self.done, self.result, self.error = False, None, None
+
+
+class StepBatcher:
+    """Advances concurrent generations of one model together, one token each per
+    `model.step` pass, so the weights are read once for all of them (continuous batching
+    at the token level; the server's generations go through one).
+
+    Generations run in their own threads on sessions from `wrap(session)`: a one-token
+    feed waits until every other wrapped generation has fed its token too (at most
+    `window` seconds after the first), then one thread runs the batch for all. Longer
+    feeds (prompts) go straight to the session, and the batch does not wait for a
+    generation while it feeds one. A feed alone in its batch is an ordinary
+    `append` (or `append_argmax`, through lm_head's screen); in a batch, `model.step`
+    gives every logit and the argmax is taken from them. If a batch fails (one session's
+    context is full), each of its feeds is retried alone, so only that one errs."""
+
+    def __init__(self, model, window: float = 0.02):
+        self.model, self.window = model, window
+        self._cond = threading.Condition()
+        self._pending: list[_Feed] = []
+        self._running = False
+        self._decoding = 0
+        #: batches run and feeds they carried (for tests and benchmarks)
+        self.batches = 0
+        self.fed = 0
+
+    def wrap(self, session) -> "BatchedSession":
+        """`session` for one generation's thread; close it when the generation ends."""
+        return BatchedSession(self, session)
+
+    def _join(self) -> None:
+        with self._cond:
+            self._decoding += 1
+
+    def _leave(self) -> None:
+        with self._cond:
+            self._decoding -= 1
+            self._cond.notify_all()
+
+    def feed(self, session, token: int, argmax: bool):
+        """The logits row [vocab] after `token` (or, with `argmax`, its argmax)."""
+        f = _Feed(session, int(token), argmax)
+        with self._cond:
+            self._pending.append(f)
+            self._cond.notify_all()
+            while not f.done and self._running:
+                self._cond.wait()
+            if not f.done:
+                # This thread runs the next batch, once the others have fed.
+                self._running = True
+                deadline = time.monotonic() + self.window
+                while len(self._pending) < self._decoding and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                batch, self._pending = self._pending, []
+        if not f.done:
+            results = None
+            try:
+                results = self._run(batch)
+            finally:
+                if results is None:  # interrupted (a BaseException): tell the others
+                    results = [(None, RuntimeError("the batch was interrupted"))] * len(batch)
+                with self._cond:
+                    for g, (res, err) in zip(batch, results):
+                        g.result, g.error, g.done = res, err, True
+                    self._running = False
+                    self._cond.notify_all()
+        if f.error is not None:
+            raise f.error
+        return f.result
+
+    def _run(self, batch: list[_Feed]) -> list[tuple[object, BaseException | None]]:
+        def alone(g: _Feed):
+            try:
+                if g.argmax:
+                    return g.session.append_argmax([g.token]), None
+                return g.session.append([g.token])[0], None
+            except Exception as e:  # noqa: BLE001 - handed to the feed's own thread
+                return None, e
+
+        self.batches += 1
+        self.fed += len(batch)
+        if len(batch) == 1:
+            return [alone(batch[0])]
+        try:
+            rows = self.model.step([g.session for g in batch], [g.token for g in batch])
+        except Exception:  # noqa: BLE001 - checked before any cache changed: retry one by one
+            return [alone(g) for g in batch]
+        return [(int(np.argmax(row)) if g.argmax else row, None) for g, row in zip(batch, rows)]
+
+
+class BatchedSession:
+    """A session whose one-token feeds go through a `StepBatcher`; everything else is
+    the session's own. `close()` (or the end of a `with` block) says its generation is
+    over, so the batcher stops waiting for it."""
+
+    def __init__(self, batcher: StepBatcher, session):
+        self._batcher, self._session = batcher, session
+        self._joined = True
+        batcher._join()
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+    def __len__(self) -> int:
+        return len(self._session)
+
+    def _alone(self, call, *args):
+        """A feed of its own (a prompt): the batches meanwhile do not wait for this one."""
+        self._batcher._leave()
+        try:
+            return call(*args)
+        finally:
+            self._batcher._join()
+
+    def append(self, token_ids, logits: str | None = "last"):
+        ids = list(token_ids)
+        if len(ids) == 1 and logits == "last" and self._joined:
+            return self._batcher.feed(self._session, ids[0], False)[None, :]
+        return self._alone(self._session.append, ids, logits) if self._joined else self._session.append(ids, logits)
+
+    def append_argmax(self, token_ids) -> int:
+        ids = list(token_ids)
+        if len(ids) == 1 and self._joined:
+            return self._batcher.feed(self._session, ids[0], True)
+        return self._alone(self._session.append_argmax, ids) if self._joined else self._session.append_argmax(ids)
+
+    def close(self) -> None:
+        if self._joined:
+            self._joined = False
+            self._batcher._leave()
+
+    def __enter__(self) -> "BatchedSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def reuse_prefix(session, prompt: Sequence[int]) -> int:

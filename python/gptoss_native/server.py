@@ -6,8 +6,10 @@ extra: `pip install 'gptoss-native[server]'` (FastAPI and uvicorn).
 
 Concurrency: every request gets a session from a bounded pool (`max_sessions`); a
 request that finds none free waits its turn (FIFO). Generation runs in a worker
-thread; the Rust core releases the GIL, so requests proceed side by side on the
-shared kernel threads. An idle session keeps its KV cache, and a new request takes
+thread; the Rust core releases the GIL. Prompts are processed side by side on the
+shared kernel threads; the generations that are decoding advance together, one token
+each per batched pass that reads the weights once for all of them
+(`generate.StepBatcher`). An idle session keeps its KV cache, and a new request takes
 the idle session sharing the longest prefix with its prompt (reported as
 `cached_tokens`). A client that disconnects mid-stream stops its generation, and its
 session goes back to the pool.
@@ -277,6 +279,8 @@ def create_app(
     app = FastAPI(title="gptoss-native", version=__import__("gptoss_native").__version__,
                   description="OpenAI-compatible API for gpt-oss, served by gptoss-native.")
     state: dict[str, Any] = {}
+    # Concurrent generations advance together, one token each per pass over the weights.
+    batcher = gen.StepBatcher(model)
 
     def pool() -> SessionPool:
         # Created lazily inside the running event loop (asyncio primitives bind to it).
@@ -320,7 +324,8 @@ def create_app(
     @app.get("/health")
     async def health():
         p = state.get("pool")
-        return {"status": "ok", "model": name, "active_sessions": p.active if p else 0}
+        return {"status": "ok", "model": name, "active_sessions": p.active if p else 0,
+                "decode_passes": batcher.batches, "decoded_tokens": batcher.fed}
 
     @app.get("/v1/models")
     async def models():
@@ -362,8 +367,9 @@ def create_app(
         done = object()
 
         def worker():
+            session = batcher.wrap(slot.session)
             try:
-                it = make_events(slot.session)
+                it = make_events(session)
                 for ev in it:
                     loop.call_soon_threadsafe(queue.put_nowait, ev)
                     if stop_flag.is_set():
@@ -372,6 +378,7 @@ def create_app(
             except BaseException as e:  # delivered to the request
                 loop.call_soon_threadsafe(queue.put_nowait, e)
             finally:
+                session.close()
                 # The session goes back to the pool when its generation has really stopped.
                 loop.call_soon_threadsafe(pool().release, slot)
                 loop.call_soon_threadsafe(queue.put_nowait, done)
