@@ -337,6 +337,8 @@ class BatchedSession:
 
     def _alone(self, call, *args):
         """A feed of its own (a prompt): the batches meanwhile do not wait for this one."""
+        if not self._joined:
+            return call(*args)
         self._batcher._leave()
         try:
             return call(*args)
@@ -347,13 +349,13 @@ class BatchedSession:
         ids = list(token_ids)
         if len(ids) == 1 and logits == "last" and self._joined:
             return self._batcher.feed(self._session, ids[0], False)[None, :]
-        return self._alone(self._session.append, ids, logits) if self._joined else self._session.append(ids, logits)
+        return self._alone(self._session.append, ids, logits)
 
     def append_argmax(self, token_ids) -> int:
         ids = list(token_ids)
         if len(ids) == 1 and self._joined:
             return self._batcher.feed(self._session, ids[0], True)
-        return self._alone(self._session.append_argmax, ids) if self._joined else self._session.append_argmax(ids)
+        return self._alone(self._session.append_argmax, ids)
 
     def close(self) -> None:
         if self._joined:
