@@ -519,6 +519,42 @@ def test_step_batcher_isolates_a_failing_session():
         assert outs[i] == [st_.token for st_ in generate_steps(_TableSession(sessions[i].table), [9], greedy, 10)]
 
 
+class _Interrupt(BaseException):
+    pass
+
+
+def test_step_batcher_survives_an_interrupted_batch():
+    from gptoss_native.generate import SamplingParams, StepBatcher, generate_steps
+
+    class Interrupting(_StepModel):
+        def step(self, sessions, tokens):
+            raise _Interrupt()
+
+    greedy = SamplingParams(temperature=0)
+    batcher = StepBatcher(Interrupting(), window=5.0)
+    errors = [None] * 2
+    start = threading.Barrier(2)
+
+    def gen(i):
+        def run():
+            with batcher.wrap(_TableSession([1, 2, 3])) as s:
+                start.wait()
+                try:
+                    list(generate_steps(s, [i + 1], greedy, 8))
+                except BaseException as e:  # noqa: BLE001 - the interrupt too
+                    errors[i] = e
+        return run
+
+    assert _run_threads([gen(0), gen(1)]) == [None, None]
+    # The thread that ran the batch sees the interrupt, the other a RuntimeError.
+    assert sorted(type(e).__name__ for e in errors) == ["RuntimeError", "_Interrupt"]
+    # Nothing is left waiting: a new generation runs through the same batcher.
+    alone = [st_.token for st_ in generate_steps(_TableSession([4, 5]), [7], greedy, 5)]
+    with batcher.wrap(_TableSession([4, 5])) as s:
+        assert [st_.token for st_ in generate_steps(s, [7], greedy, 5)] == alone
+    assert batcher._decoding == 0 and not batcher._pending and not batcher._running
+
+
 def test_step_batcher_on_the_model_matches_one_generation_at_a_time(tiny):
     from gptoss_native.generate import SamplingParams, StepBatcher, generate_steps
 

@@ -230,6 +230,11 @@ class _Feed:
         self.session, self.token, self.argmax = session, token, argmax
         self.done, self.result, self.error = False, None, None
 
+    def outcome(self):
+        if self.error is not None:
+            raise self.error
+        return self.result
+
 
 class StepBatcher:
     """Advances concurrent generations of one model together, one token each per
@@ -276,28 +281,30 @@ class StepBatcher:
             self._cond.notify_all()
             while not f.done and self._running:
                 self._cond.wait()
-            if not f.done:
-                # This thread runs the next batch, once the others have fed.
-                self._running = True
+            if f.done:
+                return f.outcome()
+            self._running = True  # this thread runs the next batch
+        batch: list[_Feed] = []
+        results = None
+        try:
+            with self._cond:
+                # Once the others have fed (or the window has passed).
                 deadline = time.monotonic() + self.window
                 while len(self._pending) < self._decoding and (left := deadline - time.monotonic()) > 0:
                     self._cond.wait(left)
                 batch, self._pending = self._pending, []
-        if not f.done:
-            results = None
-            try:
-                results = self._run(batch)
-            finally:
-                if results is None:  # interrupted (a BaseException): tell the others
+            results = self._run(batch)
+        finally:
+            with self._cond:
+                if results is None:  # interrupted (a BaseException): free the others
+                    if f in self._pending:
+                        self._pending.remove(f)
                     results = [(None, RuntimeError("the batch was interrupted"))] * len(batch)
-                with self._cond:
-                    for g, (res, err) in zip(batch, results):
-                        g.result, g.error, g.done = res, err, True
-                    self._running = False
-                    self._cond.notify_all()
-        if f.error is not None:
-            raise f.error
-        return f.result
+                for g, (res, err) in zip(batch, results):
+                    g.result, g.error, g.done = res, err, True
+                self._running = False
+                self._cond.notify_all()
+        return f.outcome()
 
     def _run(self, batch: list[_Feed]) -> list[tuple[object, BaseException | None]]:
         def alone(g: _Feed):
