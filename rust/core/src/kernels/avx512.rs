@@ -278,7 +278,8 @@ pub unsafe fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4
 /// Groups outer, weight rows next, activation rows inner: each group of codes is
 /// decoded once for the M activation rows, and the activations stay in L1. The four
 /// interleaved weight streams defeat the hardware prefetcher, so each row prefetches the
-/// same group of the row four below it into L2 (the next call's rows: rows are consecutive).
+/// same group of the row four below it into L2: the driver gives each call one row from
+/// each quarter of its task, so that is four calls ahead in the same stream.
 ///
 /// # Safety
 /// avx512f/bw/vl/vnni; sizes as for `mxfp4_dot4`, every `xs[i]` quantized in `Grouped`

@@ -382,6 +382,17 @@ fn dot4_int8<const TWO: bool, const M: usize>(isa: Isa, xs: &[&QRow; M], w: &Wei
     }
 }
 
+/// Whether `dot4_int8`'s MXFP4 kernel on this path reads its four rows interleaved
+/// (group by group) rather than one after another.
+fn interleaves_rows(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        return vnni();
+    }
+    let _ = isa;
+    false
+}
+
 /// Whether the AVX-512 int8 kernel's VNNI is there (cached by std).
 #[cfg(target_arch = "x86_64")]
 fn vnni() -> bool {
@@ -646,11 +657,22 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
         // Weight rows outer: with m > 1 the four rows are still in L1 for the next x row.
         // The activation rows' views, once per task (not per four weight rows).
         let qrows = p.q.map(|q| [0, 1, 2, 3].map(|i| q.row(i.min(m - 1))));
-        for r in (r0..r1).step_by(4) {
-            let rr = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)];
+        // Which rows a tile takes: four consecutive ones, or, for the AVX-512 integer
+        // MXFP4 kernel (it interleaves its four rows), one from each quarter of the task,
+        // so that each of its four row streams runs on through consecutive rows.
+        let quarters = p.q.is_some() && matches!(w, Weight::Mxfp4 { .. }) && interleaves_rows(isa);
+        let tiles = (r1 - r0).div_ceil(4);
+        let stride = if quarters { tiles } else { 1 };
+        for t in 0..tiles {
+            let first = if quarters { r0 + t } else { r0 + 4 * t };
+            // Rows past the task repeat the tile's first row; their results are dropped.
+            let rows4 = [0, 1, 2, 3].map(|k| first + k * stride);
+            let rr = rows4.map(|r| if r < r1 { r } else { first });
             let emit = |i: usize, d: [f32; 4]| {
-                for (k, &v) in d.iter().enumerate().take(r1 - r) {
-                    write(i, r + k, v);
+                for (k, &v) in d.iter().enumerate() {
+                    if rows4[k] < r1 {
+                        write(i, rows4[k], v);
+                    }
                 }
             };
             match &qrows {
