@@ -85,6 +85,8 @@ fn main() {
         Case { name: "bf16  in L2   128x2880", format: Format::Bf16, rows: 128, cols: 2880, copies: 1 },
     ];
     let cases: &[Case] = if in_cache { &l2_cases } else { &cases };
+    // --batch K: K matrices per call (`matmul_batch`), as decode runs its experts.
+    let batch: usize = get("--batch").and_then(|s| s.parse().ok()).unwrap_or(1);
     // --only NAME: the cases whose name contains NAME (e.g. "q8", "mxfp4").
     let only = get("--only");
     for case in cases.iter().filter(|c| only.as_deref().is_none_or(|o| c.name.contains(o))) {
@@ -134,6 +136,7 @@ fn main() {
             bufs.iter().map(|b| b.len()).sum::<usize>() + q8_scales.iter().map(|s| 2 * s.len()).sum::<usize>();
         let x: Vec<f32> = (0..case.cols).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
         let mut out = vec![0f32; case.rows];
+        let mut outs = vec![0f32; case.rows * batch];
         let mut scratch = kernels::Scratch::default();
         for &t in &threads {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
@@ -150,9 +153,21 @@ fn main() {
                     read.push(total as f64 / t0.elapsed().as_secs_f64() / 1e9);
                     let t0 = Instant::now();
                     for _ in 0..passes {
-                        for w in &weights {
-                            kernels::matmul(isa, precision, &x, 1, w, None, &mut out, &mut scratch);
-                            black_box(&out);
+                        if batch > 1 {
+                            for ws in weights.chunks(batch) {
+                                let mut jobs: Vec<kernels::Job> = ws
+                                    .iter()
+                                    .zip(outs.chunks_exact_mut(case.rows))
+                                    .map(|(w, o)| kernels::Job { x: &x, m: 1, w: *w, bias: None, out: o })
+                                    .collect();
+                                kernels::matmul_batch(isa, precision, &mut jobs, &mut scratch);
+                                black_box(&jobs);
+                            }
+                        } else {
+                            for w in &weights {
+                                kernels::matmul(isa, precision, &x, 1, w, None, &mut out, &mut scratch);
+                                black_box(&out);
+                            }
                         }
                     }
                     gemv.push((passes * total) as f64 / t0.elapsed().as_secs_f64() / 1e9);
