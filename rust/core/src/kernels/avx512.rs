@@ -689,3 +689,76 @@ pub unsafe fn qgemm_panel<const TWO: bool, const G: usize>(
         }
     }
 }
+
+/// `quant::quantize_block`'s twin: the same f32 operations lane by lane, so the same
+/// bytes, sums and d/2 (a block with a non-finite value: zeros and NaN).
+///
+/// # Safety
+/// avx512f/bw/vl; `xb` holds 32 values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn quantize_block(
+    xb: &[f32],
+    two_limbs: bool,
+    qb: &mut [i8; BLOCK],
+    qb2: &mut [i8; BLOCK],
+) -> (f32, i32, i32) {
+    use super::quant::{MAGIC, TINY};
+    assert!(xb.len() >= BLOCK);
+    let v = [_mm512_loadu_ps(xb.as_ptr()), _mm512_loadu_ps(xb.as_ptr().add(16))];
+    let abs = v.map(|v| _mm512_abs_ps(v));
+    // |v| < inf is false for inf and NaN.
+    let inf = _mm512_set1_ps(f32::INFINITY);
+    let finite = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(abs[0], inf) & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(abs[1], inf);
+    if finite != 0xffff {
+        qb.fill(0);
+        qb2.fill(0);
+        return (f32::NAN, 0, 0);
+    }
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(abs[0], abs[1]));
+    let inv = if amax >= TINY { 127.0 / amax } else { 0.0 };
+    let d = if amax >= TINY { amax / 127.0 } else { 0.0 };
+    let (magic, lo, hi) = (_mm512_set1_ps(MAGIC), _mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+    let round = |y: __m512| _mm512_max_ps(_mm512_min_ps(_mm512_sub_ps(_mm512_add_ps(y, magic), magic), hi), lo);
+    let (mut sum, mut sum2) = (0, 0);
+    for h in 0..2 {
+        let y = _mm512_mul_ps(v[h], _mm512_set1_ps(inv));
+        let r = round(y);
+        let q = _mm512_cvtps_epi32(r);
+        _mm_storeu_si128(qb.as_mut_ptr().add(16 * h) as *mut __m128i, _mm512_cvtsepi32_epi8(q));
+        sum += _mm512_reduce_add_epi32(q);
+        if two_limbs {
+            // y - r is exact (Sterbenz) and in [-0.5, 0.5].
+            let q2 = _mm512_cvtps_epi32(round(_mm512_mul_ps(_mm512_sub_ps(y, r), _mm512_set1_ps(254.0))));
+            _mm_storeu_si128(qb2.as_mut_ptr().add(16 * h) as *mut __m128i, _mm512_cvtsepi32_epi8(q2));
+            sum2 += _mm512_reduce_add_epi32(q2);
+        }
+    }
+    (d * 0.5, sum, sum2)
+}
+
+/// `quant::place`'s twin for a block of a full group in the `Grouped` layout: its 16
+/// even values to `evens`, its 16 odd values to `odds`, and -12 * the sum of each run
+/// of 8 values (one dword lane of the kernels) to `lanes`.
+///
+/// # Safety
+/// avx512f/bw/vl; `evens` and `odds` hold 16 values, `lanes` 4.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn place_grouped(qb: &[i8; BLOCK], evens: &mut [i8], odds: &mut [i8], lanes: &mut [i32]) {
+    assert!(evens.len() >= 16 && odds.len() >= 16 && lanes.len() >= 4);
+    let v = _mm256_loadu_si256(qb.as_ptr() as *const __m256i);
+    // Per 128-bit half: its 8 evens, then its 8 odds; then the quadwords reordered to
+    // [evens 0-7, evens 8-15, odds 0-7, odds 8-15].
+    let split = _mm256_setr_epi8(
+        0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+    );
+    let t = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(v, split));
+    _mm_storeu_si128(evens.as_mut_ptr() as *mut __m128i, _mm256_castsi256_si128(t));
+    _mm_storeu_si128(odds.as_mut_ptr() as *mut __m128i, _mm256_extracti128_si256::<1>(t));
+    // sad(q + 128, 0) sums each run of 8 as unsigned: 8 * 128 more than the signed sum.
+    let sums = _mm256_sad_epu8(_mm256_xor_si256(v, _mm256_set1_epi8(-128)), _mm256_setzero_si256());
+    let mut s = [0u64; 4];
+    _mm256_storeu_si256(s.as_mut_ptr() as *mut __m256i, sums);
+    for l in 0..4 {
+        lanes[l] = -12 * (s[l] as i32 - 1024);
+    }
+}

@@ -17,6 +17,7 @@
 //! the correction for Q8's biased codes. The packed GEMM takes many rows as a `QPack`:
 //! tokens in groups of 16, each dword quad of a block stored for all 16 tokens side by side.
 
+use crate::cpu::Isa;
 use crate::mxfp4::BLOCK;
 
 /// 2 * E2M1 value of each code, plus 12 so that it is unsigned (for u8 x s8 dot
@@ -98,8 +99,9 @@ impl QuantX {
         }
     }
 
-    /// Quantize `x` [m, n] (n % 32 == 0), with a second limb when `two_limbs`.
-    pub fn quantize(&mut self, layout: QLayout, two_limbs: bool, x: &[f32], m: usize, n: usize) {
+    /// Quantize `x` [m, n] (n % 32 == 0), with a second limb when `two_limbs`. Every
+    /// ISA gives the same bytes (`Isa::Avx512` has a SIMD twin of the per-block work).
+    pub fn quantize(&mut self, isa: Isa, layout: QLayout, two_limbs: bool, x: &[f32], m: usize, n: usize) {
         assert_eq!(n % BLOCK, 0);
         assert_eq!(x.len(), m * n);
         let nb = n / BLOCK;
@@ -122,11 +124,17 @@ impl QuantX {
         for i in 0..m {
             for b in 0..nb {
                 let xb = &x[i * n + b * BLOCK..i * n + (b + 1) * BLOCK];
-                let (half_d, sum, sum2) = quantize_block(xb, two_limbs, &mut qb, &mut qb2);
+                let (half_d, sum, sum2) = match isa {
+                    // SAFETY: the Avx512 path is only selected on CPUs with avx512f/bw/vl.
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => unsafe { super::avx512::quantize_block(xb, two_limbs, &mut qb, &mut qb2) },
+                    _ => quantize_block(xb, two_limbs, &mut qb, &mut qb2),
+                };
                 self.half_d[i * nb + b] = half_d;
                 self.corr[i * nb + b] = 12 * sum;
                 let lane_range = i * per_row..(i + 1) * per_row;
                 place(
+                    isa,
                     layout,
                     b,
                     groups,
@@ -137,6 +145,7 @@ impl QuantX {
                 if two_limbs {
                     self.corr2[i * nb + b] = 12 * sum2;
                     place(
+                        isa,
                         layout,
                         b,
                         groups,
@@ -157,14 +166,17 @@ impl QuantX {
 /// Quantize one block into `qb` (and its remainder into `qb2` when `two_limbs`):
 /// returns (d/2, sum(q), sum(q2)). d/2 is NaN for a block with a non-finite value, so
 /// that its results are NaN, as f32 arithmetic would make them.
-fn quantize_block(xb: &[f32], two_limbs: bool, qb: &mut [i8; BLOCK], qb2: &mut [i8; BLOCK]) -> (f32, i32, i32) {
+pub(crate) fn quantize_block(
+    xb: &[f32],
+    two_limbs: bool,
+    qb: &mut [i8; BLOCK],
+    qb2: &mut [i8; BLOCK],
+) -> (f32, i32, i32) {
     let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
     let finite = xb.iter().all(|v| v.is_finite());
     // Blocks below TINY (where d would be subnormal) quantize to zero.
     let (d, inv) = if amax >= TINY && finite { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) };
     let (mut sum, mut sum2) = (0i32, 0i32);
-    // Round to nearest even by the 1.5 * 2^23 trick (|v * inv| <= 127).
-    const MAGIC: f32 = 12_582_912.0;
     for ((q, q2), &v) in qb.iter_mut().zip(qb2.iter_mut()).zip(xb) {
         let y = v * inv;
         let r = ((y + MAGIC) - MAGIC).clamp(-127.0, 127.0);
@@ -178,6 +190,9 @@ fn quantize_block(xb: &[f32], two_limbs: bool, qb: &mut [i8; BLOCK], qb2: &mut [
     }
     (if finite { d * 0.5 } else { f32::NAN }, sum, sum2)
 }
+
+/// Rounds to nearest even by the 1.5 * 2^23 trick (for |y| <= 2^22): (y + MAGIC) - MAGIC.
+pub(crate) const MAGIC: f32 = 12_582_912.0;
 
 /// Tokens per group of a `QPack`.
 pub const QPACK_TOKENS: usize = 16;
@@ -265,8 +280,17 @@ fn lanes_per_row(layout: QLayout, n: usize) -> usize {
 /// Write block `b`'s quantized values into `row` in `layout` order, and its lanes'
 /// corrections into `lanes` (the row's lanes): Grouped (full groups), -12 * the sum of
 /// each dword lane's 8 values; Lanes, -128 * the sum of each lane's 4 values.
-fn place(layout: QLayout, b: usize, groups: usize, qb: &[i8; BLOCK], row: &mut [i8], lanes: &mut [i32]) {
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn place(isa: Isa, layout: QLayout, b: usize, groups: usize, qb: &[i8; BLOCK], row: &mut [i8], lanes: &mut [i32]) {
     match layout {
+        // SAFETY: the Avx512 path is only selected on CPUs with avx512f/bw/vl.
+        #[cfg(target_arch = "x86_64")]
+        QLayout::Grouped if b < groups * 4 && isa == Isa::Avx512 => {
+            let (g, mm) = (b / 4, b % 4);
+            let (evens, odds) = row[g * 128..g * 128 + 128].split_at_mut(64);
+            let lanes = &mut lanes[g * 16 + mm * 4..g * 16 + mm * 4 + 4];
+            unsafe { super::avx512::place_grouped(qb, &mut evens[mm * 16..], &mut odds[mm * 16..], lanes) }
+        }
         QLayout::Natural => row[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(qb),
         QLayout::Lanes => {
             row[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(qb);

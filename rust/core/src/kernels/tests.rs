@@ -389,7 +389,7 @@ fn kernel_speed() {
     let b = [0, 1, 2, 3].map(|r| &blocks[r * nb * 16..(r + 1) * nb * 16]);
     let s = [0, 1, 2, 3].map(|r| &scales[r * nb..(r + 1) * nb]);
     let mut qx = quant::QuantX::default();
-    qx.quantize(quant::QLayout::Grouped, true, &x, 1, n);
+    qx.quantize(Isa::Scalar, quant::QLayout::Grouped, true, &x, 1, n);
     let mut xp = vec![0f32; n];
     layout::reorder(layout::XLayout::Planes, &x, &mut xp);
     let iters = 200_000;
@@ -411,5 +411,56 @@ fn kernel_speed() {
             dt * 1e9 / blocks_done,
             blocks_done * 17.0 / dt / 1e9
         );
+    }
+}
+
+/// Activation quantization gives the same bytes on every path: blocks of ordinary,
+/// huge, tiny (below `quant::TINY`), zero and non-finite values, every layout, one limb
+/// and two, several rows and a row length with a partial group.
+#[test]
+fn quantize_paths_match_scalar() {
+    let mut rng = Rng(41);
+    let specials = [0.0, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e-38, f32::MAX, -f32::MAX, 127.5, -0.5];
+    for &(m, n) in &[(1, 2880), (3, 96), (2, 32 * 7)] {
+        let nb = n / 32;
+        let mut x = vec![0f32; m * n];
+        for (b, block) in x.chunks_exact_mut(32).enumerate() {
+            // Per block one magnitude from 1e-35 to 1e35, some blocks with a special value.
+            let scale = 10f32.powi((rng.next_u64() % 71) as i32 - 35);
+            for v in block.iter_mut() {
+                *v = rng.uniform() * scale;
+            }
+            if b % 5 == 1 {
+                block[(rng.next_u64() % 32) as usize] = specials[(rng.next_u64() % specials.len() as u64) as usize];
+            }
+            if b % 11 == 3 {
+                block.fill(0.0);
+            }
+        }
+        for layout in [quant::QLayout::Natural, quant::QLayout::Grouped, quant::QLayout::Lanes] {
+            for two in [false, true] {
+                let mut want = quant::QuantX::default();
+                want.quantize(Isa::Scalar, layout, two, &x, m, n);
+                for isa in simd_paths() {
+                    let mut got = quant::QuantX::default();
+                    got.quantize(isa, layout, two, &x, m, n);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    let what = format!("{isa:?} {layout:?} two={two} m={m} n={n}");
+                    assert_eq!(got.q, want.q, "{what}: q");
+                    assert_eq!(got.q2, want.q2, "{what}: q2");
+                    assert_eq!(bits(&got.half_d), bits(&want.half_d), "{what}: d/2");
+                    assert_eq!(got.corr, want.corr, "{what}: corr");
+                    assert_eq!(got.corr2, want.corr2, "{what}: corr2");
+                    assert_eq!(got.lane_neg_corr, want.lane_neg_corr, "{what}: lanes");
+                    assert_eq!(got.lane_neg_corr2, want.lane_neg_corr2, "{what}: lanes2");
+                    assert_eq!(bits(&got.lane_half_d), bits(&want.lane_half_d), "{what}: lane d/2");
+                }
+                assert_eq!(want.half_d.len(), m * nb);
+                // The special blocks really are special: NaN d/2 where a value is not finite.
+                for (b, block) in x.chunks_exact(32).enumerate() {
+                    assert_eq!(want.half_d[b].is_nan(), block.iter().any(|v| !v.is_finite()));
+                }
+            }
+        }
     }
 }
