@@ -138,12 +138,11 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// One matmul job per expert group: rows first..end of `x` [R, n_in] through the
-/// expert's weight into the same rows of `out` [R, n_out].
+/// One matmul job per expert group: rows first..end of the input (`x(first, end)`,
+/// [end - first, n_in]) through the expert's weight into the same rows of `out` [R, n_out].
 fn expert_jobs<'a, 'w>(
     groups: &[(usize, usize, usize)],
-    x: &'a [f32],
-    n_in: usize,
+    x: impl Fn(usize, usize) -> &'a [f32],
     out: &'a mut [f32],
     n_out: usize,
     weight: impl Fn(usize) -> (Weight<'w>, &'a [f32]),
@@ -154,7 +153,7 @@ fn expert_jobs<'a, 'w>(
         let (mine, tail) = std::mem::take(&mut rest).split_at_mut((end - first) * n_out);
         rest = tail;
         let (w, bias) = weight(e);
-        jobs.push(Job { x: &x[first * n_in..end * n_in], m: end - first, w, bias: Some(bias), out: mine });
+        jobs.push(Job { x: x(first, end), m: end - first, w, bias: Some(bias), out: mine });
     }
     jobs
 }
@@ -540,16 +539,29 @@ impl Model {
         for (i, &(_, t, _)) in ws.routes.iter().enumerate() {
             xin[i * hd..(i + 1) * hd].copy_from_slice(&h[t * hd..(t + 1) * hd]);
         }
-        // every expert at once: xin[m_e, H] @ W1[e][2I, H]^T -> gu[m_e, 2I]
+        // every expert at once: xin[m_e, H] @ W1[e][2I, H]^T -> gu[m_e, 2I]. An expert with
+        // one token reads that token's row of h itself: the experts of one token then share
+        // one slice, which the matmuls quantize once.
         let gu = buf(&mut ws.gu, r_n * 2 * inter);
-        let mut jobs = expert_jobs(&groups, xin, hd, gu, 2 * inter, |e| (layer.mlp1.weight(ck, e), layer.mlp1.bias(e)));
+        let (h, routes) = (&*h, &ws.routes);
+        let x_of = |first: usize, end: usize| match end - first {
+            1 => &h[routes[first].1 * hd..(routes[first].1 + 1) * hd],
+            _ => &xin[first * hd..end * hd],
+        };
+        let mut jobs = expert_jobs(&groups, x_of, gu, 2 * inter, |e| (layer.mlp1.weight(ck, e), layer.mlp1.bias(e)));
         kernels::matmul_batch(self.isa, self.precision, &mut jobs, &mut ws.scratch);
         drop(jobs);
         // swiglu -> act[R, I]; act[m_e, I] @ W2[e][H, I]^T -> y[m_e, H]
         let act = buf(&mut ws.act, r_n * inter);
         swiglu(gu, c.swiglu_limit, act);
         let y = buf(&mut ws.y, r_n * hd);
-        let mut jobs = expert_jobs(&groups, act, inter, y, hd, |e| (layer.mlp2.weight(ck, e), layer.mlp2.bias(e)));
+        let mut jobs = expert_jobs(
+            &groups,
+            |a, b| &act[a * inter..b * inter],
+            y,
+            hd,
+            |e| (layer.mlp2.weight(ck, e), layer.mlp2.bias(e)),
+        );
         kernels::matmul_batch(self.isa, self.precision, &mut jobs, &mut ws.scratch);
         drop(jobs);
         // x[t] += weight * y[route]
