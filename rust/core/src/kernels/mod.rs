@@ -580,9 +580,16 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
         })
         .collect();
     let outs: Vec<OutPtr> = jobs.iter_mut().map(|j| OutPtr(j.out.as_mut_ptr())).collect();
-    // GEMVs: the threads start together and finish together (with rayon tasks of 1/16 of
-    // the work, decode's threads were busy 92% of its matmuls' time; this way 97%).
-    if prepared.iter().all(|p| matches!(p.path, Path::Gemv | Path::QuantGemv)) {
+    // Weights streamed with no per-task buffer (GEMVs; bf16 tiles on AVX-512: decode,
+    // batched decode): the threads start together and finish together (with rayon tasks
+    // of 1/16 of the work, decode's threads were busy 92% of its matmuls' time; this way
+    // 97%).
+    let streamed = |(job, p): (&Job, &Prepared)| match p.path {
+        Path::Gemv | Path::QuantGemv => true,
+        Path::Tiles => isa == Isa::Avx512 && matches!(job.w, Weight::Bf16 { .. }),
+        _ => false,
+    };
+    if jobs.iter().zip(&prepared).all(streamed) {
         run_guided(isa, jobs, &prepared, &outs);
         return;
     }
