@@ -534,14 +534,17 @@ impl Model {
             }
         }
         let r_n = ws.routes.len();
-        // gather each route's token: xin[R, H], grouped by expert
+        // gather the tokens of each expert with more than one: xin[R, H], grouped by expert.
+        // An expert with one token reads that token's row of h itself: the experts of one
+        // token then share one slice, which the matmuls quantize once.
         let xin = buf(&mut ws.xin, r_n * hd);
-        for (i, &(_, t, _)) in ws.routes.iter().enumerate() {
-            xin[i * hd..(i + 1) * hd].copy_from_slice(&h[t * hd..(t + 1) * hd]);
+        for &(_, first, end) in groups.iter().filter(|g| g.2 - g.1 > 1) {
+            for i in first..end {
+                let t = ws.routes[i].1;
+                xin[i * hd..(i + 1) * hd].copy_from_slice(&h[t * hd..(t + 1) * hd]);
+            }
         }
-        // every expert at once: xin[m_e, H] @ W1[e][2I, H]^T -> gu[m_e, 2I]. An expert with
-        // one token reads that token's row of h itself: the experts of one token then share
-        // one slice, which the matmuls quantize once.
+        // every expert at once: xin[m_e, H] @ W1[e][2I, H]^T -> gu[m_e, 2I]
         let gu = buf(&mut ws.gu, r_n * 2 * inter);
         let (h, routes) = (&*h, &ws.routes);
         let x_of = |first: usize, end: usize| match end - first {
