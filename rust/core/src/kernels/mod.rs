@@ -549,7 +549,7 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
                 js.q.quantize(isa, layout, js.two, job.x, m, n);
             }
         } else if js.path == Path::QuantPacked {
-            js.qpack.pack(js.two, job.x, m, n);
+            js.qpack.pack(isa, js.two, job.x, m, n);
         } else if js.path == Path::Packed {
             pack(job.w.x_layout(isa), panel_shape(isa).1, job.x, m, n, &mut js.x, &mut js.packed);
         } else if let layout @ (XLayout::Split | XLayout::Planes) = job.w.x_layout(isa) {

@@ -124,12 +124,7 @@ impl QuantX {
         for i in 0..m {
             for b in 0..nb {
                 let xb = &x[i * n + b * BLOCK..i * n + (b + 1) * BLOCK];
-                let (half_d, sum, sum2) = match isa {
-                    // SAFETY: the Avx512 path is only selected on CPUs with avx512f/bw/vl.
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512 => unsafe { super::avx512::quantize_block(xb, two_limbs, &mut qb, &mut qb2) },
-                    _ => quantize_block(xb, two_limbs, &mut qb, &mut qb2),
-                };
+                let (half_d, sum, sum2) = quantize_block_on(isa, xb, two_limbs, &mut qb, &mut qb2);
                 self.half_d[i * nb + b] = half_d;
                 self.corr[i * nb + b] = 12 * sum;
                 let lane_range = i * per_row..(i + 1) * per_row;
@@ -163,15 +158,26 @@ impl QuantX {
     }
 }
 
-/// Quantize one block into `qb` (and its remainder into `qb2` when `two_limbs`):
-/// returns (d/2, sum(q), sum(q2)). d/2 is NaN for a block with a non-finite value, so
-/// that its results are NaN, as f32 arithmetic would make them.
-pub(crate) fn quantize_block(
+/// `quantize_block` on `isa`'s path (every path gives the same bytes).
+fn quantize_block_on(
+    isa: Isa,
     xb: &[f32],
     two_limbs: bool,
     qb: &mut [i8; BLOCK],
     qb2: &mut [i8; BLOCK],
 ) -> (f32, i32, i32) {
+    match isa {
+        // SAFETY: the Avx512 path is only selected on CPUs with avx512f/bw/vl.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { super::avx512::quantize_block(xb, two_limbs, qb, qb2) },
+        _ => quantize_block(xb, two_limbs, qb, qb2),
+    }
+}
+
+/// Quantize one block into `qb` (and its remainder into `qb2` when `two_limbs`):
+/// returns (d/2, sum(q), sum(q2)). d/2 is NaN for a block with a non-finite value, so
+/// that its results are NaN, as f32 arithmetic would make them.
+fn quantize_block(xb: &[f32], two_limbs: bool, qb: &mut [i8; BLOCK], qb2: &mut [i8; BLOCK]) -> (f32, i32, i32) {
     let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
     let finite = xb.iter().all(|v| v.is_finite());
     // Blocks below TINY (where d would be subnormal) quantize to zero.
@@ -226,7 +232,7 @@ pub struct QGroup<'a> {
 
 impl QPack {
     /// Quantize `x` [m, n] (as `QuantX::quantize`: the same values, another order).
-    pub fn pack(&mut self, two_limbs: bool, x: &[f32], m: usize, n: usize) {
+    pub fn pack(&mut self, isa: Isa, two_limbs: bool, x: &[f32], m: usize, n: usize) {
         assert_eq!(n % BLOCK, 0);
         assert_eq!(x.len(), m * n);
         let (nb, limbs, groups) = (n / BLOCK, if two_limbs { 2 } else { 1 }, m.div_ceil(QPACK_TOKENS));
@@ -243,7 +249,7 @@ impl QPack {
             let (g, t) = (i / T, i % T);
             for b in 0..nb {
                 let (half_d, sum, sum2) =
-                    quantize_block(&x[i * n + b * BLOCK..][..BLOCK], two_limbs, &mut qb, &mut qb2);
+                    quantize_block_on(isa, &x[i * n + b * BLOCK..][..BLOCK], two_limbs, &mut qb, &mut qb2);
                 let gb = g * nb + b;
                 self.half_d[gb * T + t] = half_d;
                 for (limb, (qv, s)) in [(&qb, sum), (&qb2, sum2)].into_iter().take(limbs).enumerate() {

@@ -241,7 +241,7 @@ fn quantized_gemm_kernels_match_their_scalar_twins() {
     let sr: [&[f32]; QPANEL_ROWS] = std::array::from_fn(|j| &scales[j][..]);
     for two in [false, true] {
         let mut qp = QPack::default();
-        qp.pack(two, &x, m, n);
+        qp.pack(Isa::Scalar, two, &x, m, n);
         for groups in [&[qp.group(0)][..], &[qp.group(0), qp.group(1)][..]] {
             let len = QPANEL_ROWS * groups.len() * QPACK_TOKENS;
             let mut want = vec![0f32; len];
@@ -414,7 +414,7 @@ fn kernel_speed() {
     }
 }
 
-/// Activation quantization gives the same bytes on every path: blocks of ordinary,
+/// Activation quantization (`QuantX` and `QPack`) gives the same bytes on every path: blocks of ordinary,
 /// huge, tiny (below `quant::TINY`), zero and non-finite values, every layout, one limb
 /// and two, several rows and a row length with a partial group.
 #[test]
@@ -454,6 +454,20 @@ fn quantize_paths_match_scalar() {
                     assert_eq!(got.lane_neg_corr, want.lane_neg_corr, "{what}: lanes");
                     assert_eq!(got.lane_neg_corr2, want.lane_neg_corr2, "{what}: lanes2");
                     assert_eq!(bits(&got.lane_half_d), bits(&want.lane_half_d), "{what}: lane d/2");
+                }
+                if layout == quant::QLayout::Natural {
+                    // The packed GEMM's quantization (any layout: it has its own order).
+                    let mut want = quant::QPack::default();
+                    want.pack(Isa::Scalar, two, &x, m, n);
+                    for isa in simd_paths() {
+                        let mut got = quant::QPack::default();
+                        got.pack(isa, two, &x, m, n);
+                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        let what = format!("{isa:?} QPack two={two} m={m} n={n}");
+                        assert_eq!(got.q, want.q, "{what}: q");
+                        assert_eq!(got.neg_corr, want.neg_corr, "{what}: corrections");
+                        assert_eq!(bits(&got.half_d), bits(&want.half_d), "{what}: d/2");
+                    }
                 }
                 assert_eq!(want.half_d.len(), m * nb);
                 // The special blocks really are special: NaN d/2 where a value is not finite.
