@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 FIXTURES = SHARED / "fixtures"
 TOKENIZER_DIR = SHARED / "tokenizer"
+
+# The interpreter the CLI and server tests start. Under user-mode emulation (.ci/aarch64)
+# a child process cannot start an arm64 binary by itself: the command names the emulator.
+PYTHON = shlex.split(os.environ.get("GPTOSS_NATIVE_TEST_PYTHON", "")) or [sys.executable]
 
 
 def kernel_paths() -> list[str]:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
-from .conftest import TOKENIZER_DIR
+from .conftest import PYTHON, TOKENIZER_DIR
 
 
 def run(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "gptoss_native", *args], capture_output=True, text=True, env=e, timeout=timeout)
+    return subprocess.run([*PYTHON, "-m", "gptoss_native", *args], capture_output=True, text=True, env=e, timeout=timeout)
 
 
 def test_demo_with_tokenizer(tmp_path):
@@ -59,7 +58,7 @@ def test_chat_repl_commands(tiny_model_dir, tmp_path):
     env = dict(os.environ, GPTOSS_NATIVE_CACHE=str(tmp_path / "cache"))
     script = "Hello there\n/effort high\n/effort max\nAnother question\n/reset\n/quit\n"
     r = subprocess.run(
-        [sys.executable, "-m", "gptoss_native", "chat", str(tiny_model_dir), "--max-new-tokens", "4", "--seed", "1",
+        [*PYTHON, "-m", "gptoss_native", "chat", str(tiny_model_dir), "--max-new-tokens", "4", "--seed", "1",
          "--show-reasoning"],
         input=script, capture_output=True, text=True, env=env, timeout=300,
     )

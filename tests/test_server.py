@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +15,8 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from .conftest import PYTHON
 
 openai = pytest.importorskip("openai")
 
@@ -34,7 +35,7 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ)
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "server_app.py"), "--model", str(model_dir), "--port", str(self.port), *extra],
+            [*PYTHON, str(HERE / "server_app.py"), "--model", str(model_dir), "--port", str(self.port), *extra],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         deadline = time.time() + 120
