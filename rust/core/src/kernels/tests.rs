@@ -419,6 +419,7 @@ fn kernel_speed() {
 /// and two, several rows and a row length with a partial group.
 #[test]
 fn quantize_paths_match_scalar() {
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
     let mut rng = Rng(41);
     let specials = [0.0, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e-38, f32::MAX, -f32::MAX, 127.5, -0.5];
     for &(m, n) in &[(1, 2880), (3, 96), (2, 32 * 7)] {
@@ -444,7 +445,6 @@ fn quantize_paths_match_scalar() {
                 for isa in simd_paths() {
                     let mut got = quant::QuantX::default();
                     got.quantize(isa, layout, two, &x, m, n);
-                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                     let what = format!("{isa:?} {layout:?} two={two} m={m} n={n}");
                     assert_eq!(got.q, want.q, "{what}: q");
                     assert_eq!(got.q2, want.q2, "{what}: q2");
@@ -462,7 +462,6 @@ fn quantize_paths_match_scalar() {
                     for isa in simd_paths() {
                         let mut got = quant::QPack::default();
                         got.pack(isa, two, &x, m, n);
-                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                         let what = format!("{isa:?} QPack two={two} m={m} n={n}");
                         assert_eq!(got.q, want.q, "{what}: q");
                         assert_eq!(got.neg_corr, want.neg_corr, "{what}: corrections");
