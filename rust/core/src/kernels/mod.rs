@@ -51,6 +51,14 @@ pub enum Precision {
 #[derive(Default)]
 pub struct Scratch {
     jobs: Vec<JobScratch>,
+    /// Per job: the earlier job whose quantized activations it shares, if any.
+    shared: Vec<Option<usize>>,
+    /// Per job: its output.
+    outs: Vec<OutPtr>,
+    /// Where each job's rows start in a guided dispatch's shared row space, and the end.
+    starts: Vec<usize>,
+    /// (job, first row, end row) of each task of a task-split dispatch.
+    tasks: Vec<(usize, usize, usize)>,
 }
 
 #[derive(Default)]
@@ -521,8 +529,9 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
     // Per job: checks, then its activations in the order (or quantization) its kernels read.
     // A job whose activations are the very slice of an earlier quantized job's (the
     // experts of one token) reads that job's quantization: `shared[i]`.
-    let mut shared: Vec<Option<usize>> = vec![None; jobs.len()];
-    for (i, (job, js)) in jobs.iter().zip(scratch.jobs.iter_mut()).enumerate() {
+    let Scratch { jobs: job_scratch, shared, outs, starts, tasks } = scratch;
+    shared.clear();
+    for (i, (job, js)) in jobs.iter().zip(job_scratch.iter_mut()).enumerate() {
         let (rows, n, m) = (job.w.rows(), job.w.cols(), job.m);
         assert_eq!(job.x.len(), m * n, "matmul: x is not [m, n]");
         assert_eq!(job.out.len(), m * rows, "matmul: out is not [m, rows]");
@@ -531,6 +540,7 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
         }
         js.path = Path::of(isa, precision, &job.w, m);
         js.reordered = false;
+        shared.push(None);
         if m == 0 {
             continue;
         }
@@ -562,39 +572,41 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
             js.reordered = true;
         }
     }
-    let prepared: Vec<Prepared> = jobs
-        .iter()
-        .zip(scratch.jobs.iter())
-        .zip(&shared)
-        .map(|((job, js), &shared)| Prepared {
+    outs.clear();
+    outs.extend(jobs.iter_mut().map(|j| OutPtr(j.out.as_mut_ptr())));
+    let jobs = &*jobs;
+    let (job_scratch, shared) = (&*job_scratch, &*shared);
+    // Job `ji`'s prepared activations: a few references, built where a task needs them.
+    let prepared = |ji: usize| {
+        let (job, js) = (&jobs[ji], &job_scratch[ji]);
+        Prepared {
             path: js.path,
             xs: if js.reordered { &js.x[..job.m * job.w.cols()] } else { job.x },
-            q: match (js.path, shared) {
-                (Path::QuantGemv, Some(j)) => Some(&scratch.jobs[j].q),
+            q: match (js.path, shared[ji]) {
+                (Path::QuantGemv, Some(j)) => Some(&job_scratch[j].q),
                 (Path::QuantGemv, None) => Some(&js.q),
                 _ => None,
             },
             two: js.two,
             packed: &js.packed,
             qpack: &js.qpack,
-        })
-        .collect();
-    let outs: Vec<OutPtr> = jobs.iter_mut().map(|j| OutPtr(j.out.as_mut_ptr())).collect();
+        }
+    };
     // Weights streamed with no per-task buffer (GEMVs; bf16 tiles on AVX-512: decode,
     // batched decode): the threads start together and finish together (with rayon tasks
     // of 1/16 of the work, decode's threads were busy 92% of its matmuls' time; this way
     // 97%).
-    let streamed = |(job, p): (&Job, &Prepared)| match p.path {
+    let streamed = |ji: usize| match job_scratch[ji].path {
         Path::Gemv | Path::QuantGemv => true,
-        Path::Tiles => isa == Isa::Avx512 && matches!(job.w, Weight::Bf16 { .. }),
+        Path::Tiles => isa == Isa::Avx512 && matches!(jobs[ji].w, Weight::Bf16 { .. }),
         _ => false,
     };
-    if jobs.iter().zip(&prepared).all(streamed) {
-        run_guided(isa, jobs, &prepared, &outs);
+    if (0..jobs.len()).all(streamed) {
+        run_guided(isa, jobs, &prepared, outs, starts);
         return;
     }
     // Tasks: (job, first row, end row) over every job's rows.
-    let mut tasks = Vec::new();
+    tasks.clear();
     let total_rows: usize = jobs.iter().map(|j| j.w.rows()).sum();
     for (ji, job) in jobs.iter().enumerate() {
         let rows = job.w.rows();
@@ -602,7 +614,7 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
             continue;
         }
         let mut chunk = chunk_rows(rows, job.w.nbytes() / rows, total_rows);
-        if matches!(prepared[ji].path, Path::Tiles | Path::Packed | Path::QuantPacked) {
+        if matches!(job_scratch[ji].path, Path::Tiles | Path::Packed | Path::QuantPacked) {
             // The GEMM path decodes its rows into a per-thread buffer: keep that in cache.
             chunk = chunk.min(GEMM_MAX_TASK_ROWS);
         }
@@ -610,27 +622,33 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
             tasks.push((ji, r0, (r0 + chunk).min(rows)));
         }
     }
-    let jobs = &*jobs;
-    tasks.into_par_iter().for_each(|(ji, r0, r1)| {
-        let job = &jobs[ji];
-        run_task(isa, job, &prepared[ji], outs[ji], r0, r1);
+    let outs = &*outs;
+    tasks.par_iter().for_each(|&(ji, r0, r1)| {
+        run_task(isa, &jobs[ji], &prepared(ji), outs[ji], r0, r1);
     });
 }
 
 /// GEMV jobs on every thread of the pool at once, each thread claiming runs of rows
 /// from a shared cursor over all the jobs' rows: large runs first, smaller ones as the
-/// rows run out, so that the threads finish together.
-fn run_guided(isa: Isa, jobs: &[Job], prepared: &[Prepared], outs: &[OutPtr]) {
+/// rows run out, so that the threads finish together. `starts` is scratch.
+fn run_guided<'p>(
+    isa: Isa,
+    jobs: &[Job],
+    prepared: &(dyn Fn(usize) -> Prepared<'p> + Sync),
+    outs: &[OutPtr],
+    starts: &mut Vec<usize>,
+) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let threads = rayon::current_num_threads().max(1);
     // Row offsets of the jobs in the shared row space.
-    let mut starts = Vec::with_capacity(jobs.len() + 1);
+    starts.clear();
     let mut total = 0;
     for j in jobs {
         starts.push(total);
         total += if j.m == 0 { 0 } else { j.w.rows() };
     }
     starts.push(total);
+    let starts = &*starts;
     let bytes: usize = jobs.iter().filter(|j| j.m > 0).map(|j| j.w.nbytes()).sum();
     if total == 0 {
         return;
@@ -655,7 +673,7 @@ fn run_guided(isa: Isa, jobs: &[Job], prepared: &[Prepared], outs: &[OutPtr]) {
         while r < b {
             let end = b.min(starts[ji + 1]);
             if end > r {
-                run_task(isa, &jobs[ji], &prepared[ji], outs[ji], r - starts[ji], end - starts[ji]);
+                run_task(isa, &jobs[ji], &prepared(ji), outs[ji], r - starts[ji], end - starts[ji]);
             }
             r = end;
             ji += 1;

@@ -61,6 +61,10 @@ pub struct Workspace {
     sin: Vec<f32>,
     scratch: kernels::Scratch,
     routes: Vec<(usize, usize, f32)>,
+    /// Routing scratch: experts by logit, one token's top-k, (expert, first route, end).
+    route_order: Vec<usize>,
+    route_top: Vec<(usize, f32)>,
+    expert_groups: Vec<(usize, usize, usize)>,
     /// Greedy decoding: logits (or their screened approximation), the screen's scratch,
     /// the rows it keeps, their bf16 bytes and exact logits.
     logits: Vec<f32>,
@@ -518,15 +522,15 @@ impl Model {
         }
         // (expert, token, weight) for every routing decision, then grouped by expert.
         ws.routes.clear();
-        let (mut order, mut top) = (Vec::with_capacity(ne), Vec::with_capacity(topk));
         for t in 0..t_n {
-            route(&r[t * ne..(t + 1) * ne], topk, &mut order, &mut top);
-            ws.routes.extend(top.iter().map(|&(e, wgt)| (e, t, wgt)));
+            route(&r[t * ne..(t + 1) * ne], topk, &mut ws.route_order, &mut ws.route_top);
+            ws.routes.extend(ws.route_top.iter().map(|&(e, wgt)| (e, t, wgt)));
         }
         ws.routes.sort_by_key(|&(e, t, _)| (e, t));
 
         // Expert groups: runs of routes with the same expert (routes are sorted by expert).
-        let mut groups: Vec<(usize, usize, usize)> = Vec::new(); // (expert, first route, end)
+        let groups = &mut ws.expert_groups; // (expert, first route, end)
+        groups.clear();
         for (i, &(e, _, _)) in ws.routes.iter().enumerate() {
             match groups.last_mut() {
                 Some(g) if g.0 == e => g.2 = i + 1,
