@@ -486,7 +486,6 @@ impl Model {
             let args = attention::Group {
                 q: &q[t * q_dim + heads.start * head_dim..t * q_dim + heads.end * head_dim],
                 kv: cache.layers[li].view(),
-                row_stride: head_dim,
                 off: cache.head_offset(g),
                 lo,
                 nkeys: pos + 1 - lo,
@@ -498,7 +497,7 @@ impl Model {
             let o = unsafe {
                 std::slice::from_raw_parts_mut(optr.0.add(t * q_dim + heads.start * head_dim), group * head_dim)
             };
-            with_thread_buffer(&SCORES, group * args.nkeys, |scores| {
+            with_thread_buffer(&SCORES, args.scores_len(), |scores| {
                 attention::attend_group(self.isa, &args, scores, o)
             });
         });

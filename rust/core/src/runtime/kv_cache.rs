@@ -8,19 +8,27 @@
 //! back thousands of tokens) would then have to recompute the dropped window from the
 //! token ids. Keeping everything makes truncate O(1) and exact.
 //!
-//! Rows are stored head-major, [kv_heads][max_context][head_dim]: the keys (and values)
-//! one attention task reads, those of one kv head, are one contiguous run instead of a
+//! Storage is head-major, [kv_heads][capacity][head_dim]: the keys (and values) one
+//! attention task reads, those of one kv head, are one contiguous run instead of a
 //! 256-byte slice of every 2 KiB position row. Strided that way, the rows defeated the
 //! hardware prefetcher and mapped to a few cache sets (the 2 KiB stride): decode
 //! attention over 4096 positions of 12 full layers took 19.5-27 ms with 2 threads
 //! against 9.8-12 head-major (a standalone loop over `attention::attend_group`).
-//! The storage for `max_context` tokens is allocated zeroed up front, which reserves
-//! address space only: pages become resident as positions are written.
+//!
+//! Within a head, V is one row per position, and K is transposed in tiles of
+//! `attention::KEY_TILE` (16) positions, [capacity / 16][head_dim][16]: dimension d of 16
+//! consecutive keys is one vector, so a query's 16 scores are head_dim multiply-adds
+//! with no sums across lanes (see `attention`). The capacity is `max_context` rounded up
+//! to a whole tile.
+//!
+//! The storage is allocated zeroed up front, which reserves address space only: pages
+//! become resident as positions are written.
 //!
 //! Rows are f32, or bf16 in the q8 mode (`Model::kv_dtype`): half the memory (48 instead
 //! of 96 KiB per token for gpt-oss-20b) and half the bytes attention reads at depth.
 
 use crate::error::{Error, Result};
+use crate::model::attention::KEY_TILE;
 
 /// How K and V rows are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,7 +38,8 @@ pub enum KvDtype {
     Bf16,
 }
 
-/// One layer's K and V, each [kv_heads][capacity][head_dim], in one element type.
+/// One layer's K and V, each kv_heads * capacity * head_dim elements (K in tiles, see
+/// above), in one element type.
 pub enum LayerKv {
     F32 { k: Vec<f32>, v: Vec<f32> },
     Bf16 { k: Vec<u16>, v: Vec<u16> },
@@ -64,14 +73,17 @@ pub struct KvCache {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub max_context: usize,
+    /// Positions each head's storage holds: max_context rounded up to a whole key tile.
+    capacity: usize,
     len: usize,
 }
 
 impl KvCache {
     pub fn new(num_layers: usize, kv_heads: usize, head_dim: usize, max_context: usize, dtype: KvDtype) -> KvCache {
-        let n = kv_heads * max_context * head_dim;
+        let capacity = max_context.div_ceil(KEY_TILE) * KEY_TILE;
+        let n = kv_heads * capacity * head_dim;
         let layers = (0..num_layers).map(|_| LayerKv::zeroed(dtype, n)).collect();
-        KvCache { layers, kv_heads, head_dim, max_context, len: 0 }
+        KvCache { layers, kv_heads, head_dim, max_context, capacity, len: 0 }
     }
 
     /// Tokens cached.
@@ -83,10 +95,10 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Where kv head `h`'s row of position 0 starts in a layer's storage; the row of
-    /// position p is `head_dim` elements per position further on.
+    /// Where kv head `h`'s storage starts in a layer's K and V: V's row of position p is
+    /// `p * head_dim` further on; K's tile of positions 16t.. is `16 t head_dim` further.
     pub fn head_offset(&self, h: usize) -> usize {
-        h * self.max_context * self.head_dim
+        h * self.capacity * self.head_dim
     }
 
     /// Write the K and V rows of the next positions (len..) of layer `li`, given in f32
@@ -96,27 +108,34 @@ impl KvCache {
         let (hd, kv_dim, pos) = (self.head_dim, self.kv_heads * self.head_dim, self.len);
         let n = new_k.len() / kv_dim;
         assert!(new_k.len() == n * kv_dim && new_v.len() == n * kv_dim && pos + n <= self.max_context);
-        // Head h of position p goes to head_offset(h) + p * hd.
         let head_stride = self.head_offset(1);
-        fn scatter<T>(dst: &mut [T], src: &[f32], kv_dim: usize, hd: usize, at0: usize, hs: usize, f: fn(f32) -> T) {
+        // Element d of head h at position p goes to head_offset(h) + at(p, d).
+        let v_at = |p: usize, d: usize| p * hd + d;
+        let k_at = |p: usize, d: usize| (p / KEY_TILE * hd + d) * KEY_TILE + p % KEY_TILE;
+        fn scatter<T>(
+            dst: &mut [T],
+            src: &[f32],
+            (kv_dim, hd, pos, hs): (usize, usize, usize, usize),
+            at: impl Fn(usize, usize) -> usize,
+            f: fn(f32) -> T,
+        ) {
             for (t, row) in src.chunks_exact(kv_dim).enumerate() {
                 for (h, head) in row.chunks_exact(hd).enumerate() {
-                    let at = at0 + h * hs + t * hd;
-                    for (d, &x) in dst[at..at + hd].iter_mut().zip(head) {
-                        *d = f(x);
+                    for (d, &x) in head.iter().enumerate() {
+                        dst[h * hs + at(pos + t, d)] = f(x);
                     }
                 }
             }
         }
-        let at0 = pos * hd;
+        let shape = (kv_dim, hd, pos, head_stride);
         match &mut self.layers[li] {
             LayerKv::F32 { k, v } => {
-                scatter(k, new_k, kv_dim, hd, at0, head_stride, |x| x);
-                scatter(v, new_v, kv_dim, hd, at0, head_stride, |x| x);
+                scatter(k, new_k, shape, k_at, |x| x);
+                scatter(v, new_v, shape, v_at, |x| x);
             }
             LayerKv::Bf16 { k, v } => {
-                scatter(k, new_k, kv_dim, hd, at0, head_stride, crate::bf16::from_f32);
-                scatter(v, new_v, kv_dim, hd, at0, head_stride, crate::bf16::from_f32);
+                scatter(k, new_k, shape, k_at, crate::bf16::from_f32);
+                scatter(v, new_v, shape, v_at, crate::bf16::from_f32);
             }
         }
     }
