@@ -308,6 +308,11 @@ impl Model {
                 &mut ws.scratch,
             );
         }
+        if let [seg] = segs {
+            if seg.want != Logits::Argmax {
+                return Ok(vec![logits]); // one segment: its logits are all of them, uncopied
+            }
+        }
         let mut out = Vec::with_capacity(segs.len());
         let mut rest = &logits[..];
         for (n, seg) in counts.into_iter().zip(segs.iter()) {
