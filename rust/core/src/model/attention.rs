@@ -325,7 +325,8 @@ unsafe fn weighted_v_block<E: KvElem, const NC: usize, const H: usize>(
     use std::arch::x86_64::*;
     let hd = g.head_dim;
     let (_, _, skip) = g.tiles();
-    let p = scores.as_ptr().add(h0 * g.span() + skip);
+    let span = g.span();
+    let p = scores.as_ptr().add(h0 * span + skip);
     let o = out.as_mut_ptr().add(h0 * hd);
     let mut acc: [[__m512; NC]; H] =
         std::array::from_fn(|h| std::array::from_fn(|c| _mm512_loadu_ps(o.add(h * hd + c * 16))));
@@ -333,7 +334,7 @@ unsafe fn weighted_v_block<E: KvElem, const NC: usize, const H: usize>(
         let row = v.as_ptr().add(g.off + (g.lo + j) * hd);
         let vj: [__m512; NC] = std::array::from_fn(|c| E::load16(row.add(c * 16)));
         for (h, ah) in acc.iter_mut().enumerate() {
-            let pj = _mm512_set1_ps(*p.add(h * g.span() + j));
+            let pj = _mm512_set1_ps(*p.add(h * span + j));
             for (a, &x) in ah.iter_mut().zip(&vj) {
                 *a = _mm512_fmadd_ps(pj, x, *a);
             }
