@@ -119,8 +119,9 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 /// left by 23 drops the rest.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    const MAGIC: f32 = 8_388_608.0 + 127.0; // 2^23 + the exponent bias
-                                            // max/min rather than clamp: a NaN input gives e^-87, as before, instead of panicking
+    // 2^23 + the exponent bias
+    const MAGIC: f32 = 8_388_608.0 + 127.0;
+    // max/min rather than clamp: a NaN input gives e^-87, as before, instead of panicking
     #[allow(clippy::manual_clamp)]
     let x = x.max(-87.0).min(0.0);
     let n = (x * LOG2E + 0.5).floor();
@@ -264,7 +265,7 @@ fn head_runs(group: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
 
 /// scores[h][..] = q_h . k * scale for the H heads from h0, over every key tile: per
 /// dimension, one load of the tile's row and H multiply-adds by q_h[d] broadcast (8
-/// independent chains keep both FMA pipes busy). Left to the hardware prefetcher: the
+/// independent chains hide the FMA latency). Left to the hardware prefetcher: the
 /// tiles are one sequential stream (software prefetches 1-8 tiles ahead were slower).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
