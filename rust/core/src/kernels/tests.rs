@@ -152,6 +152,57 @@ fn mxfp4_decode_paths_match_dequantize() {
     }
 }
 
+/// Scale bytes 0 (2^-127) and 255 (NaN) in the int GEMVs (the AVX-512 kernel decodes
+/// scales without the table unless a group has one): rows with a 255 give NaN, the
+/// others their reference within the stated bound, whether or not a special scale sits
+/// in the same call, in a full group or in the tail.
+#[test]
+fn mxfp4_int_gemv_special_scales() {
+    let mut rng = Rng(31);
+    let (rows, n) = (12, 224);
+    let (blocks, mut scales, _) = mxfp4_case(&mut rng, rows, n);
+    let nb = n / 32;
+    // Row 1: 0 in a full group; row 5: 255 in a full group; row 6: 0 in the tail (block
+    // 5 of 7); row 10: 255 in the tail. Rows 8-11 share a call with row 10 only.
+    for (r, b, v) in [(1, 2, 0u8), (5, 1, 255), (6, 5, 0), (10, 6, 255)] {
+        scales[r * nb + b] = v;
+    }
+    let mut wf = vec![0f32; rows * n];
+    mxfp4::dequantize(&blocks, &scales, &mut wf);
+    let w = Weight::mxfp4(&blocks, &scales, rows, n);
+    for (precision, per) in [(Precision::Int8, 254.0), (Precision::Int16, 64516.0)] {
+        for m in 1..=INT_GEMV_MAX_ROWS {
+            let x: Vec<f32> = (0..m * n).map(|_| rng.uniform()).collect();
+            let (want, mag) = reference(&x, m, &wf, rows, n, None);
+            for isa in Isa::available() {
+                let mut got = vec![0f32; m * rows];
+                matmul(isa, precision, &x, m, &w, None, &mut got, &mut Scratch::default());
+                for i in 0..m {
+                    for r in 0..rows {
+                        let k = i * rows + r;
+                        let what = format!("{} {precision:?} m={m} row {r}", isa.name());
+                        if r == 5 || r == 10 {
+                            assert!(got[k].is_nan(), "{what}: {} instead of NaN", got[k]);
+                            continue;
+                        }
+                        let xb = |b: usize| &x[i * n + b * 32..i * n + b * 32 + 32];
+                        let bound: f64 = (0..nb)
+                            .map(|b| {
+                                let amax = xb(b).iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
+                                let wsum: f64 = wf[r * n + b * 32..][..32].iter().map(|v| v.abs() as f64).sum();
+                                amax / per * wsum
+                            })
+                            .sum::<f64>()
+                            + 1e-5 * mag[k];
+                        let err = (got[k] as f64 - want[k]).abs();
+                        assert!(err <= bound, "{what}: err {err} > {bound}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn mxfp4_int8_and_int16_precisions_all_paths_within_stated_bounds() {
     for (precision, per) in [(Precision::Int8, 254.0), (Precision::Int16, 64516.0)] {
@@ -469,6 +520,27 @@ fn quantize_paths_match_scalar() {
                     }
                 }
                 assert_eq!(want.half_d.len(), m * nb);
+                if layout == quant::QLayout::Natural {
+                    // |x - d (q + q2/254)| <= d/508 with two limbs, d/2 with one.
+                    for (b, block) in x.chunks_exact(32).enumerate() {
+                        let d = 2.0 * want.half_d[b] as f64;
+                        if !d.is_finite() {
+                            continue;
+                        }
+                        for (j, &v) in block.iter().enumerate() {
+                            let q = want.q[b * 32 + j] as f64;
+                            let (got, tol) = if two {
+                                (d * (q + want.q2[b * 32 + j] as f64 / 254.0), d / 508.0)
+                            } else {
+                                (d * q, d / 2.0)
+                            };
+                            // d = 0 for blocks below TINY: then |x| < TINY. Else y = x / d
+                            // (|y| <= 127) is an f32 product, off by up to 127 * 2^-24 of d.
+                            let tol = if d == 0.0 { quant::TINY as f64 } else { tol + 127.0 * d / 16_777_216.0 };
+                            assert!((v as f64 - got).abs() <= tol, "block {b} value {j}: {v} vs {got}");
+                        }
+                    }
+                }
                 // The special blocks really are special: NaN d/2 where a value is not finite.
                 for (b, block) in x.chunks_exact(32).enumerate() {
                     assert_eq!(want.half_d[b].is_nan(), block.iter().any(|v| !v.is_finite()));
