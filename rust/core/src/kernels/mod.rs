@@ -269,9 +269,14 @@ impl<'a> Weight<'a> {
 
     /// Row `r` of an MXFP4 weight: (code bytes, scale bytes).
     fn mxfp4_row(&self, r: usize) -> (&'a [u8], &'a [u8]) {
+        self.mxfp4_rows(r, 1)
+    }
+
+    /// Rows `r..r + count` of an MXFP4 weight (contiguous): (blocks, scales).
+    fn mxfp4_rows(&self, r: usize, count: usize) -> (&'a [u8], &'a [u8]) {
         let Weight::Mxfp4 { blocks, scales, cols, .. } = *self else { unreachable!("not an MXFP4 weight") };
         let nb = cols / BLOCK;
-        (&blocks[r * nb * BLOCK_BYTES..(r + 1) * nb * BLOCK_BYTES], &scales[r * nb..(r + 1) * nb])
+        (&blocks[r * nb * BLOCK_BYTES..(r + count) * nb * BLOCK_BYTES], &scales[r * nb..(r + count) * nb])
     }
 
     /// Row `r` of a bf16 weight, as bytes.
@@ -758,6 +763,49 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
         // SAFETY: i < m and r in this task's r0..r1: each element written by one task.
         unsafe { *optr.0.add(i * rows + r) = v };
     };
+    // One activation row on AVX-512 VNNI: blocks of consecutive rows, group outer
+    // (`avx512::mxfp4_rows_int8`); the rows left over go through the four-row kernel.
+    #[cfg(target_arch = "x86_64")]
+    let r0 = match (p.q, w) {
+        (Some(q), Weight::Mxfp4 { .. }) if m == 1 && isa == Isa::Avx512 && vnni() => {
+            use avx512::ROW_BLOCK;
+            let x = q.row(0);
+            let full = r0 + (r1 - r0) / ROW_BLOCK * ROW_BLOCK;
+            if full > r0 {
+                // The first block is not prefetched by a previous one: request all its
+                // lines at once rather than miss on them one by one.
+                let (blocks, scales) = w.mxfp4_rows(r0, ROW_BLOCK);
+                for line in blocks.chunks(64).chain(scales.chunks(64)) {
+                    // SAFETY: a prefetch of mapped memory (SSE, every x86_64 CPU).
+                    unsafe {
+                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(line.as_ptr() as *const i8)
+                    };
+                }
+            }
+            for r in (r0..full).step_by(ROW_BLOCK) {
+                let (blocks, scales) = w.mxfp4_rows(r, ROW_BLOCK);
+                // Prefetch the next block of this task, or this one again at its end.
+                let (nb_, ns_) = w.mxfp4_rows(if r + ROW_BLOCK < full { r + ROW_BLOCK } else { r }, ROW_BLOCK);
+                // SAFETY: the path was selected for this CPU; x was quantized in the
+                // Grouped order from this job's activations.
+                let d = unsafe {
+                    if p.two {
+                        avx512::mxfp4_rows_int8::<true>(&x, blocks, scales, nb_.as_ptr(), ns_.as_ptr())
+                    } else {
+                        avx512::mxfp4_rows_int8::<false>(&x, blocks, scales, nb_.as_ptr(), ns_.as_ptr())
+                    }
+                };
+                for (j, &v) in d.iter().enumerate() {
+                    write(0, r + j, v);
+                }
+            }
+            full
+        }
+        _ => r0,
+    };
+    if r0 == r1 {
+        return;
+    }
     if matches!(p.path, Path::Gemv | Path::QuantGemv) {
         // Weight rows outer: with m > 1 the four rows are still in L1 for the next x row.
         // The activation rows' views, once per task (not per four weight rows).

@@ -218,6 +218,11 @@ fn int8_case(precision: Precision, per: f64) {
         (2, 13, 128),
         (3, 33, 160),
         (1, 40, 2880),
+        // One activation row: blocks of 8 rows (AVX-512 VNNI), with rows left over,
+        // one group and a tail block, no full group.
+        (1, 13, 2880),
+        (1, 64, 160),
+        (1, 8, 32),
         (2, 5, 2912),
         (4, 21, 2880),
         (5, 9, 96),
