@@ -1,7 +1,9 @@
 //! GEMV at gpt-oss-20b's real shapes, as a fraction of the memory read bandwidth measured
 //! in the same run (alternating passes, same thread count).
 //!
-//!     cargo bench -p gptoss-core --bench gemv [-- --reps N --threads 1,2 --int8 --int16 --cache --only NAME]
+//!     cargo bench -p gptoss-core --bench gemv [-- --reps N --threads 1,2 --int8 --int16 --cache --only NAME --m M]
+//!
+//! `--m M` multiplies M activation rows at once (2-4: batched decode's experts).
 //!
 //! The Q8 cases are the `precision="q8"` mode's attention and lm_head matrices (int8
 //! codes, a bf16 scale per 32; always multiplied with quantized activations: 16-bit,
@@ -89,6 +91,7 @@ fn main() {
     let batch: usize = get("--batch").and_then(|s| s.parse().ok()).unwrap_or(1);
     // --only NAME: the cases whose name contains NAME (e.g. "q8", "mxfp4").
     let only = get("--only");
+    let m: usize = get("--m").and_then(|s| s.parse().ok()).unwrap_or(1);
     for case in cases.iter().filter(|c| only.as_deref().is_none_or(|o| c.name.contains(o))) {
         // One buffer per copy: blocks+scales back to back for MXFP4, bf16 bits otherwise.
         let nb = case.cols / 32;
@@ -134,9 +137,9 @@ fn main() {
             .collect();
         let total: usize =
             bufs.iter().map(|b| b.len()).sum::<usize>() + q8_scales.iter().map(|s| 2 * s.len()).sum::<usize>();
-        let x: Vec<f32> = (0..case.cols).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
-        let mut out = vec![0f32; case.rows];
-        let mut outs = vec![0f32; case.rows * batch];
+        let x: Vec<f32> = (0..m * case.cols).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let mut out = vec![0f32; m * case.rows];
+        let mut outs = vec![0f32; m * case.rows * batch];
         let mut scratch = kernels::Scratch::default();
         for &t in &threads {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
@@ -144,7 +147,7 @@ fn main() {
                 // Warm up both (page faults, thread start).
                 black_box(read_all(&bufs));
                 for w in &weights {
-                    kernels::matmul(isa, precision, &x, 1, w, None, &mut out, &mut scratch);
+                    kernels::matmul(isa, precision, &x, m, w, None, &mut out, &mut scratch);
                 }
                 let (mut gemv, mut read) = (Vec::new(), Vec::new());
                 for _ in 0..reps {
@@ -157,15 +160,15 @@ fn main() {
                             for ws in weights.chunks(batch) {
                                 let mut jobs: Vec<kernels::Job> = ws
                                     .iter()
-                                    .zip(outs.chunks_exact_mut(case.rows))
-                                    .map(|(w, o)| kernels::Job { x: &x, m: 1, w: *w, bias: None, out: o })
+                                    .zip(outs.chunks_exact_mut(m * case.rows))
+                                    .map(|(w, o)| kernels::Job { x: &x, m, w: *w, bias: None, out: o })
                                     .collect();
                                 kernels::matmul_batch(isa, precision, &mut jobs, &mut scratch);
                                 black_box(&jobs);
                             }
                         } else {
                             for w in &weights {
-                                kernels::matmul(isa, precision, &x, 1, w, None, &mut out, &mut scratch);
+                                kernels::matmul(isa, precision, &x, m, w, None, &mut out, &mut scratch);
                                 black_box(&out);
                             }
                         }
