@@ -269,6 +269,42 @@ pub unsafe fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4
     out
 }
 
+/// The int GEMVs' blocks `first..nb` of one MXFP4 row (codes at `row`, scales at `sp`)
+/// past its last full group of four, one block at a time: their share of the row's dot
+/// product with `x` (as the scalar twin sums a block).
+#[inline(always)]
+unsafe fn int8_tail<const TWO: bool>(
+    x: &super::quant::QRow,
+    row: *const u8,
+    sp: *const u8,
+    first: usize,
+    nb: usize,
+) -> f32 {
+    use super::quant::{LIMB2, W2_PLUS_12};
+    let lut = _mm_loadu_si128(W2_PLUS_12.as_ptr() as *const __m128i);
+    let nib = _mm_set1_epi8(0x0f);
+    let mut tail = 0f32;
+    for b in first..nb {
+        let v = _mm_loadu_si128(row.add(b * BLOCK_BYTES) as *const __m128i);
+        let wl = _mm_shuffle_epi8(lut, _mm_and_si128(v, nib));
+        let wh = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16::<4>(v), nib));
+        let limb = |q: *const i8, corr: i32| {
+            let xe = _mm_loadu_si128(q.add(b * BLOCK) as *const __m128i);
+            let xo = _mm_loadu_si128(q.add(b * BLOCK + 16) as *const __m128i);
+            let s = _mm_dpbusd_epi32(_mm_dpbusd_epi32(_mm_setzero_si128(), wl, xe), wh, xo);
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+            _mm_cvtsi128_si32(s) - corr
+        };
+        let mut v = limb(x.q.as_ptr(), x.corr[b]) as f32;
+        if TWO {
+            v += limb(x.q2.as_ptr(), x.corr2[b]) as f32 * LIMB2;
+        }
+        tail += v * x.half_d[b] * E8M0[*sp.add(b) as usize];
+    }
+    tail
+}
+
 /// "int8" precision with AVX-512 VNNI: four MXFP4 rows against M quantized activation
 /// rows (`Grouped` order; M = 1..4, the GEMV path). Codes become 2*E2M1+12 through
 /// `vpshufb` (measured faster here than an unmasked `vpermb`); `vpdpbusd` sums u8 x s8
@@ -303,7 +339,6 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
     let lut128 = _mm_loadu_si128(W2_PLUS_12.as_ptr() as *const __m128i);
     let lut = _mm512_broadcast_i32x4(lut128);
     let nib = _mm512_set1_epi8(0x0f);
-    let nib128 = _mm_set1_epi8(0x0f);
     let ahead = 4 * nb * BLOCK_BYTES;
     for r in 0..4 {
         _mm_prefetch::<_MM_HINT_T0>(scales[r].as_ptr().add(4 * nb) as *const i8);
@@ -349,28 +384,7 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
     let mut out = [[0f32; 4]; M];
     for (i, x) in xs.iter().enumerate() {
         for r in 0..4 {
-            let row = blocks[r].as_ptr();
-            let sp = scales[r].as_ptr();
-            let mut tail = 0f32;
-            for b in groups * 4..nb {
-                let v = _mm_loadu_si128(row.add(b * BLOCK_BYTES) as *const __m128i);
-                let wl = _mm_shuffle_epi8(lut128, _mm_and_si128(v, nib128));
-                let wh = _mm_shuffle_epi8(lut128, _mm_and_si128(_mm_srli_epi16::<4>(v), nib128));
-                let limb = |q: *const i8, corr: i32| {
-                    let xe = _mm_loadu_si128(q.add(b * BLOCK) as *const __m128i);
-                    let xo = _mm_loadu_si128(q.add(b * BLOCK + 16) as *const __m128i);
-                    let s = _mm_dpbusd_epi32(_mm_dpbusd_epi32(_mm_setzero_si128(), wl, xe), wh, xo);
-                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-                    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-                    _mm_cvtsi128_si32(s) - corr
-                };
-                let mut v = limb(x.q.as_ptr(), x.corr[b]) as f32;
-                if TWO {
-                    v += limb(x.q2.as_ptr(), x.corr2[b]) as f32 * LIMB2;
-                }
-                tail += v * x.half_d[b] * E8M0[*sp.add(b) as usize];
-            }
-            out[i][r] = hsum(acc[i][r]) + tail;
+            out[i][r] = hsum(acc[i][r]) + int8_tail::<TWO>(x, blocks[r].as_ptr(), scales[r].as_ptr(), groups * 4, nb);
         }
     }
     out
@@ -441,30 +455,9 @@ pub unsafe fn mxfp4_rows_int8<const TWO: bool>(
     for k in groups * R..R * rb / 64 + 1 {
         _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(k * 64) as *const i8);
     }
-    let nib128 = _mm_set1_epi8(0x0f);
     let mut out = [0f32; R];
     for j in 0..R {
-        let row = bp.add(j * rb);
-        let mut tail = 0f32;
-        for b in groups * 4..nb {
-            let v = _mm_loadu_si128(row.add(b * BLOCK_BYTES) as *const __m128i);
-            let wl = _mm_shuffle_epi8(lut128, _mm_and_si128(v, nib128));
-            let wh = _mm_shuffle_epi8(lut128, _mm_and_si128(_mm_srli_epi16::<4>(v), nib128));
-            let limb = |q: *const i8, corr: i32| {
-                let xe = _mm_loadu_si128(q.add(b * BLOCK) as *const __m128i);
-                let xo = _mm_loadu_si128(q.add(b * BLOCK + 16) as *const __m128i);
-                let s = _mm_dpbusd_epi32(_mm_dpbusd_epi32(_mm_setzero_si128(), wl, xe), wh, xo);
-                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-                _mm_cvtsi128_si32(s) - corr
-            };
-            let mut v = limb(x.q.as_ptr(), x.corr[b]) as f32;
-            if TWO {
-                v += limb(x.q2.as_ptr(), x.corr2[b]) as f32 * LIMB2;
-            }
-            tail += v * x.half_d[b] * E8M0[*sp.add(j * nb + b) as usize];
-        }
-        out[j] = hsum(acc[j]) + tail;
+        out[j] = hsum(acc[j]) + int8_tail::<TWO>(x, bp.add(j * rb), sp.add(j * nb), groups * 4, nb);
     }
     out
 }
