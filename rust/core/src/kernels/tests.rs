@@ -371,6 +371,10 @@ fn q8_matmul_all_paths_within_stated_bounds() {
             (2, 13, 544),
             (3, 33, 160),
             (1, 40, 2880),
+            // One activation row: blocks of 8 rows (AVX-512 VNNI) with an odd block per
+            // row and rows left over, and rows of three scale chunks (16 + 16 + 2 blocks).
+            (1, 19, 544),
+            (1, 16, 1088),
             (5, 11, 2880),
             (4, 6, 64),
             (18, 14, 544),
