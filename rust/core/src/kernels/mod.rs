@@ -769,6 +769,7 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
     let r0 = match (p.q, w) {
         (Some(q), Weight::Mxfp4 { .. }) if m == 1 && isa == Isa::Avx512 && vnni() => {
             use avx512::ROW_BLOCK;
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
             let x = q.row(0);
             let full = r0 + (r1 - r0) / ROW_BLOCK * ROW_BLOCK;
             if full > r0 {
@@ -776,10 +777,8 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
                 // lines at once rather than miss on them one by one.
                 let (blocks, scales) = w.mxfp4_rows(r0, ROW_BLOCK);
                 for line in blocks.chunks(64).chain(scales.chunks(64)) {
-                    // SAFETY: a prefetch of mapped memory (SSE, every x86_64 CPU).
-                    unsafe {
-                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(line.as_ptr() as *const i8)
-                    };
+                    // SAFETY: a prefetch (SSE, every x86_64 CPU) of mapped memory.
+                    unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr() as *const i8) };
                 }
             }
             for r in (r0..full).step_by(ROW_BLOCK) {
