@@ -163,7 +163,10 @@ fn mxfp4_int_gemv_special_scales() {
     let (blocks, mut scales, _) = mxfp4_case(&mut rng, rows, n);
     let nb = n / 32;
     // Row 1: 0 in a full group; row 5: 255 in a full group; row 6: 0 in the tail (block
-    // 5 of 7); row 10: 255 in the tail. Rows 8-11 share a call with row 10 only.
+    // 5 of 7); row 10: 255 in the tail. With one activation row on AVX-512 VNNI, rows
+    // 0-7 are one block of `mxfp4_rows_int8` (three special rows) and rows 8-11 one call
+    // of the four-row kernel (row 10 only); with more, the four-row kernel takes rows
+    // t, t+3, t+6, t+9, so calls mix special and plain rows.
     for (r, b, v) in [(1, 2, 0u8), (5, 1, 255), (6, 5, 0), (10, 6, 255)] {
         scales[r * nb + b] = v;
     }
