@@ -107,6 +107,12 @@ fn bf16_matmul_all_paths_against_reference() {
         (20, 25, 130),
         (40, 7, 2880),
         (16, 1, 1),
+        // One activation row: blocks of 8 rows (AVX-512) with rows left over, a last
+        // chunk of fewer than 4 lines, and tails of 1 and 12 values.
+        (1, 13, 2880),
+        (1, 64, 160),
+        (1, 8, 33),
+        (1, 24, 300),
     ] {
         let wf: Vec<f32> = (0..rows * n).map(|_| rng.uniform()).collect();
         let data: Vec<u8> = wf.iter().flat_map(|&v| crate::bf16::from_f32(v).to_le_bytes()).collect();
@@ -119,6 +125,29 @@ fn bf16_matmul_all_paths_against_reference() {
             let mut got = vec![0f32; m * rows];
             matmul(isa, Precision::F32, &x, m, &w, None, &mut got, &mut Scratch::default());
             check_close(&got, &want, &mag, 1e-5, isa.name());
+        }
+    }
+}
+
+/// The greedy lm_head screen recomputes the rows it keeps as a matrix of their own and
+/// needs the full logits' bits: a bf16 row's GEMV result must not depend on the rows
+/// beside it (which kernel, which block, which task).
+#[test]
+fn bf16_gemv_row_results_do_not_depend_on_their_neighbours() {
+    let mut rng = Rng(12);
+    let (rows, n) = (150, 2880);
+    let data: Vec<u8> = (0..rows * n).flat_map(|_| crate::bf16::from_f32(rng.uniform()).to_le_bytes()).collect();
+    let x: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
+    let w = Weight::bf16(&data, rows, n);
+    for isa in Isa::available() {
+        let mut all = vec![0f32; rows];
+        matmul(isa, Precision::F32, &x, 1, &w, None, &mut all, &mut Scratch::default());
+        for (r0, r1) in [(0, 1), (3, 4), (5, 13), (17, 150), (140, 149)] {
+            let part = w.slice_rows(r0, r1);
+            let mut got = vec![0f32; r1 - r0];
+            matmul(isa, Precision::F32, &x, 1, &part, None, &mut got, &mut Scratch::default());
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&all[r0..r1]), "{} rows {r0}..{r1}", isa.name());
         }
     }
 }
