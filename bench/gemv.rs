@@ -85,6 +85,7 @@ fn main() {
     let l2_cases = [
         Case { name: "mxfp4 in L2   256x2880", format: Format::Mxfp4, rows: 256, cols: 2880, copies: 1 },
         Case { name: "bf16  in L2   128x2880", format: Format::Bf16, rows: 128, cols: 2880, copies: 1 },
+        Case { name: "q8    in L2   256x2880", format: Format::Q8, rows: 256, cols: 2880, copies: 1 },
     ];
     let cases: &[Case] = if in_cache { &l2_cases } else { &cases };
     // --batch K: K matrices per call (`matmul_batch`), as decode runs its experts.

@@ -523,9 +523,11 @@ pub unsafe fn bf16_tile(x: [&[f32]; 4], w: [&[u8]; 4], n: usize) -> [[f32; 4]; 4
 
 /// Q8 weights with VNNI: four rows against one quantized activation row (`Lanes`
 /// order). 64 code bytes (two blocks) per step: `vpdpbusd` sums biased-code x q
-/// products exactly into 16 dword lanes (8 per block), starting from the lanes'
-/// -128*sum(q) correction. Scales are applied per 16 blocks: their bf16 weight scales
-/// times the activation scales, one vector, permuted to each block pair's lanes.
+/// products exactly into 16 dword lanes (8 per block), starting from the two blocks'
+/// -128*sum(q) corrections in the first lane of each (permuted from a register that
+/// holds 16 blocks' corrections: two activation loads per step, not four). Scales are
+/// applied per 16 blocks: their bf16 weight scales times the activation scales, one
+/// vector, permuted to each block pair's lanes.
 ///
 /// # Safety
 /// avx512f/bw/vl/vnni; `x` quantized in `Lanes` order with n = 32 * nb values, where
@@ -538,15 +540,17 @@ pub unsafe fn q8_dot4_int8<const TWO: bool>(
 ) -> [f32; 4] {
     use super::quant::LIMB2;
     let nb = scales[0].len();
-    debug_assert!(x.q.len() >= nb * BLOCK && x.lane_neg_corr.len() >= nb * 8);
+    debug_assert!(x.q.len() >= nb * BLOCK && x.lane_neg_corr.len() >= nb);
     for r in 0..4 {
         debug_assert!(codes[r].len() >= nb * BLOCK && scales[r].len() >= nb);
     }
-    // Lanes 0-7 take scale 2c, lanes 8-15 scale 2c + 1.
+    // Lanes 0-7 take block 2c's scale, lanes 8-15 block 2c + 1's; with the mask, lane 0
+    // takes block 2c's correction and lane 8 block 2c + 1's, the other lanes 0.
     let pair_idx: [__m512i; 8] = std::array::from_fn(|c| {
         let c = 2 * c as i32;
         _mm512_set_epi32(c + 1, c + 1, c + 1, c + 1, c + 1, c + 1, c + 1, c + 1, c, c, c, c, c, c, c, c)
     });
+    const FIRST_LANES: __mmask16 = 0x0101;
     let (qp, ncp) = (x.q.as_ptr(), x.lane_neg_corr.as_ptr());
     let (q2p, nc2p) = (x.q2.as_ptr(), x.lane_neg_corr2.as_ptr());
     let pairs_end = nb / 2 * 2;
@@ -563,18 +567,20 @@ pub unsafe fn q8_dot4_int8<const TWO: bool>(
             let ws = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, sp.add(b) as *const i16));
             let ws = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(ws));
             let s16 = _mm512_mul_ps(ws, _mm512_maskz_loadu_ps(mask, x.half_d.as_ptr().add(b)));
+            let nc16 = _mm512_maskz_loadu_epi32(mask, ncp.add(b));
+            let nc2_16 = if TWO { _mm512_maskz_loadu_epi32(mask, nc2p.add(b)) } else { nc16 };
             for (c, idx) in pair_idx.iter().enumerate().take(count / 2) {
                 let k = (b + 2 * c) * BLOCK;
                 _mm_prefetch::<_MM_HINT_T1>(cp.wrapping_add(k + Q8_PREFETCH) as *const i8);
                 let v = _mm512_loadu_si512(cp.add(k) as *const __m512i);
-                let limb = |q: *const i8, nc: *const i32| {
+                let limb = |q: *const i8, nc16: __m512i| {
                     let q = _mm512_loadu_si512(q.add(k) as *const __m512i);
-                    let nc = _mm512_loadu_si512(nc.add(k / 4) as *const __m512i);
+                    let nc = _mm512_maskz_permutexvar_epi32(FIRST_LANES, *idx, nc16);
                     _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nc, v, q))
                 };
-                let mut f = limb(qp, ncp);
+                let mut f = limb(qp, nc16);
                 if TWO {
-                    f = _mm512_fmadd_ps(limb(q2p, nc2p), _mm512_set1_ps(LIMB2), f);
+                    f = _mm512_fmadd_ps(limb(q2p, nc2_16), _mm512_set1_ps(LIMB2), f);
                 }
                 acc = _mm512_fmadd_ps(f, _mm512_permutexvar_ps(*idx, s16), acc);
             }

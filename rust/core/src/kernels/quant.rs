@@ -13,8 +13,8 @@
 //! per four blocks, 64 bytes holding the even elements block by block, then 64 bytes of
 //! odd elements, matching the low and high nibbles of the 64 code bytes (blocks past
 //! the last full group hold 16 evens then 16 odds each), and `Lanes` (the SIMD Q8
-//! kernels): natural order, with -128 * (sum of each dword lane's 4 values) per lane,
-//! the correction for Q8's biased codes. The packed GEMM takes many rows as a `QPack`:
+//! kernels): natural order, with -128 * (sum of each block's values) per block, the
+//! correction for Q8's biased codes (the kernel moves it into one dword lane of the block). The packed GEMM takes many rows as a `QPack`:
 //! tokens in groups of 16, each dword quad of a block stored for all 16 tokens side by side.
 
 use crate::cpu::Isa;
@@ -45,7 +45,7 @@ pub struct QuantX {
     /// [rows, n/32]: 12 * sum(q) of each block
     pub corr: Vec<i32>,
     /// Grouped, [rows, groups, 16]: -12 * (sum of the 8 q of each dword lane);
-    /// Lanes, [rows, n/4]: -128 * (sum of the 4 q of each dword lane)
+    /// Lanes, [rows, n/32]: -128 * (sum of the 32 q of each block)
     pub lane_neg_corr: Vec<i32>,
     /// Grouped only, [rows, groups, 16]: d/2 of each lane's block
     pub lane_half_d: Vec<f32>,
@@ -279,13 +279,13 @@ fn lanes_per_row(layout: QLayout, n: usize) -> usize {
     match layout {
         QLayout::Natural => 0,
         QLayout::Grouped => n / BLOCK / 4 * 16,
-        QLayout::Lanes => n / 4,
+        QLayout::Lanes => n / BLOCK,
     }
 }
 
 /// Write block `b`'s quantized values into `row` in `layout` order, and its lanes'
 /// corrections into `lanes` (the row's lanes): Grouped (full groups), -12 * the sum of
-/// each dword lane's 8 values; Lanes, -128 * the sum of each lane's 4 values.
+/// each dword lane's 8 values; Lanes, -128 * the sum of the block's values.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn place(isa: Isa, layout: QLayout, b: usize, groups: usize, qb: &[i8; BLOCK], row: &mut [i8], lanes: &mut [i32]) {
     match layout {
@@ -300,9 +300,7 @@ fn place(isa: Isa, layout: QLayout, b: usize, groups: usize, qb: &[i8; BLOCK], r
         QLayout::Natural => row[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(qb),
         QLayout::Lanes => {
             row[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(qb);
-            for (l, q4) in qb.chunks_exact(4).enumerate() {
-                lanes[b * 8 + l] = -128 * q4.iter().map(|&q| q as i32).sum::<i32>();
-            }
+            lanes[b] = -128 * qb.iter().map(|&q| q as i32).sum::<i32>();
         }
         QLayout::Grouped if b < groups * 4 => {
             let (g, mm) = (b / 4, b % 4);
