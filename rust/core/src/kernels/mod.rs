@@ -55,7 +55,9 @@ pub struct Scratch {
     shared: Vec<Option<usize>>,
     /// Per job: its output.
     outs: Vec<OutPtr>,
-    /// Where each job's rows start in a guided dispatch's shared row space, and the end.
+    /// The jobs in the order of a guided dispatch's shared row space, where each one's
+    /// rows start in it, and the end.
+    order: Vec<usize>,
     starts: Vec<usize>,
     /// (job, first row, end row) of each task of a task-split dispatch.
     tasks: Vec<(usize, usize, usize)>,
@@ -534,7 +536,7 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
     // Per job: checks, then its activations in the order (or quantization) its kernels read.
     // A job whose activations are the very slice of an earlier quantized job's (the
     // experts of one token) reads that job's quantization: `shared[i]`.
-    let Scratch { jobs: job_scratch, shared, outs, starts, tasks } = scratch;
+    let Scratch { jobs: job_scratch, shared, outs, order, starts, tasks } = scratch;
     shared.clear();
     for (i, (job, js)) in jobs.iter().zip(job_scratch.iter_mut()).enumerate() {
         let (rows, n, m) = (job.w.rows(), job.w.cols(), job.m);
@@ -607,7 +609,7 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
         _ => false,
     };
     if (0..jobs.len()).all(streamed) {
-        run_guided(isa, jobs, &prepared, outs, starts);
+        run_guided(isa, jobs, &prepared, outs, order, starts);
         return;
     }
     // Tasks: (job, first row, end row) over every job's rows.
@@ -635,22 +637,36 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
 
 /// GEMV jobs on every thread of the pool at once, each thread claiming runs of rows
 /// from a shared cursor over all the jobs' rows: large runs first, smaller ones as the
-/// rows run out, so that the threads finish together. `starts` is scratch.
+/// rows run out, so that the threads finish together.
+///
+/// When some jobs have one activation row and others several (batched decode's
+/// experts), the shared row space puts the several-row jobs first and half the threads
+/// claim from its front, half from its back: the one-row GEMVs, bound by memory, run
+/// beside the several-row ones, bound by arithmetic, rather than after them. `order`
+/// and `starts` are scratch.
 fn run_guided<'p>(
     isa: Isa,
     jobs: &[Job],
     prepared: &(dyn Fn(usize) -> Prepared<'p> + Sync),
     outs: &[OutPtr],
+    order: &mut Vec<usize>,
     starts: &mut Vec<usize>,
 ) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicU64, Ordering};
     let threads = rayon::current_num_threads().max(1);
+    let mixed = jobs.iter().any(|j| j.m == 1) && jobs.iter().any(|j| j.m > 1);
+    order.clear();
+    order.extend(0..jobs.len());
+    if mixed {
+        order.sort_by_key(|&ji| std::cmp::Reverse(jobs[ji].m)); // stable
+    }
+    let order = &*order;
     // Row offsets of the jobs in the shared row space.
     starts.clear();
     let mut total = 0;
-    for j in jobs {
+    for &ji in order {
         starts.push(total);
-        total += if j.m == 0 { 0 } else { j.w.rows() };
+        total += if jobs[ji].m == 0 { 0 } else { jobs[ji].w.rows() };
     }
     starts.push(total);
     let starts = &*starts;
@@ -660,34 +676,49 @@ fn run_guided<'p>(
     }
     // At least ~64 KB of weights per claim.
     let min_rows = ((65536 * total).div_ceil(bytes.max(1))).max(4).div_ceil(4) * 4;
-    let cursor = AtomicUsize::new(0);
-    let work = || loop {
-        let seen = cursor.load(Ordering::Relaxed);
-        if seen >= total {
-            break;
-        }
-        let want = ((total - seen) / (2 * threads)).max(min_rows).div_ceil(4) * 4;
-        let a = cursor.fetch_add(want, Ordering::Relaxed);
-        if a >= total {
-            break;
-        }
-        let b = (a + want).min(total);
-        // [a, b) may cover the end of one job and the start of the next.
-        let mut ji = starts.partition_point(|&s| s <= a) - 1;
-        let mut r = a;
-        while r < b {
-            let end = b.min(starts[ji + 1]);
-            if end > r {
-                run_task(isa, &jobs[ji], &prepared(ji), outs[ji], r - starts[ji], end - starts[ji]);
+    // The rows not yet claimed, [front, back), packed as back << 32 | front.
+    assert!(total < 1 << 32, "matmul: too many rows in one batch");
+    let cursor = AtomicU64::new((total as u64) << 32);
+    let claim = |from_back: bool| -> Option<(usize, usize)> {
+        let mut cur = cursor.load(Ordering::Relaxed);
+        loop {
+            let (front, back) = ((cur & 0xffff_ffff) as usize, (cur >> 32) as usize);
+            if front >= back {
+                return None;
             }
-            r = end;
-            ji += 1;
+            let want = ((back - front) / (2 * threads)).max(min_rows).div_ceil(4) * 4;
+            let (a, b) = if from_back {
+                (back.saturating_sub(want).max(front), back)
+            } else {
+                (front, (front + want).min(back))
+            };
+            let next = if from_back { (a as u64) << 32 | front as u64 } else { (back as u64) << 32 | b as u64 };
+            match cursor.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Some((a, b)),
+                Err(seen) => cur = seen,
+            }
+        }
+    };
+    let work = |from_back: bool| {
+        while let Some((a, b)) = claim(from_back) {
+            // [a, b) may cover the end of one job and the start of the next.
+            let mut k = starts.partition_point(|&s| s <= a) - 1;
+            let mut r = a;
+            while r < b {
+                let end = b.min(starts[k + 1]);
+                if end > r {
+                    let ji = order[k];
+                    run_task(isa, &jobs[ji], &prepared(ji), outs[ji], r - starts[k], end - starts[k]);
+                }
+                r = end;
+                k += 1;
+            }
         }
     };
     if threads == 1 || total <= min_rows {
-        work();
+        work(false);
     } else {
-        rayon::broadcast(|_| work());
+        rayon::broadcast(|ctx| work(mixed && ctx.index() % 2 == 1));
     }
 }
 

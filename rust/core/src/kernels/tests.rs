@@ -152,6 +152,52 @@ fn bf16_gemv_row_results_do_not_depend_on_their_neighbours() {
     }
 }
 
+/// A batch of GEMV jobs (decode's experts: one activation row for some, several for
+/// others, none for some) gives each job what `matmul` alone gives it, however the
+/// threads claim the rows (one, two or three threads; with mixed row counts half of
+/// them claim from the back of the row space).
+#[test]
+fn matmul_batch_of_mixed_jobs_matches_single_matmuls() {
+    let mut rng = Rng(41);
+    // Enough bytes that the claims are many (about 64 KB each).
+    let n = 1024;
+    let shapes = [(1, 200), (3, 40), (1, 72), (2, 128), (0, 40), (1, 8), (4, 64), (1, 1000)];
+    let weights: Vec<(Vec<u8>, Vec<u8>, Vec<f32>)> =
+        shapes.iter().map(|&(_, rows)| mxfp4_case(&mut rng, rows, n)).collect();
+    let xs: Vec<Vec<f32>> = shapes.iter().map(|&(m, _)| (0..m * n).map(|_| rng.uniform()).collect()).collect();
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        for isa in Isa::available() {
+            for precision in [Precision::F32, Precision::Int16] {
+                let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&(m, rows)| vec![f32::NAN; m * rows]).collect();
+                pool.install(|| {
+                    let mut jobs: Vec<Job> = shapes
+                        .iter()
+                        .zip(&weights)
+                        .zip(&xs)
+                        .zip(outs.iter_mut())
+                        .map(|(((&(m, rows), (b, s, _)), x), out)| Job {
+                            x,
+                            m,
+                            w: Weight::mxfp4(b, s, rows, n),
+                            bias: None,
+                            out,
+                        })
+                        .collect();
+                    matmul_batch(isa, precision, &mut jobs, &mut Scratch::default());
+                });
+                for (k, &(m, rows)) in shapes.iter().enumerate() {
+                    let mut want = vec![0f32; m * rows];
+                    let w = Weight::mxfp4(&weights[k].0, &weights[k].1, rows, n);
+                    pool.install(|| matmul(isa, precision, &xs[k], m, &w, None, &mut want, &mut Scratch::default()));
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&outs[k]), bits(&want), "{} {precision:?} {threads} threads, job {k}", isa.name());
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn mxfp4_decode_paths_match_dequantize() {
     let mut rng = Rng(3);
