@@ -14,8 +14,9 @@
 //! odd elements, matching the low and high nibbles of the 64 code bytes (blocks past
 //! the last full group hold 16 evens then 16 odds each), and `Lanes` (the SIMD Q8
 //! kernels): natural order, with -128 * (sum of each block's values) per block, the
-//! correction for Q8's biased codes (the kernel moves it into one dword lane of the block). The packed GEMM takes many rows as a `QPack`:
-//! tokens in groups of 16, each dword quad of a block stored for all 16 tokens side by side.
+//! correction for Q8's biased codes (the kernel moves it into one dword lane of the
+//! block). The packed GEMM takes many rows as a `QPack`: tokens in groups of 16, each
+//! dword quad of a block stored for all 16 tokens side by side.
 
 use crate::cpu::Isa;
 use crate::mxfp4::BLOCK;

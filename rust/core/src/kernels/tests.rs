@@ -23,6 +23,11 @@ impl Rng {
     }
 }
 
+/// f32 values as their bits, for exact comparisons (NaN equal to itself).
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
 pub(crate) fn simd_paths() -> Vec<Isa> {
     Isa::available().into_iter().filter(|i| *i != Isa::Scalar).collect()
 }
@@ -107,8 +112,9 @@ fn bf16_matmul_all_paths_against_reference() {
         (20, 25, 130),
         (40, 7, 2880),
         (16, 1, 1),
-        // One activation row: blocks of 8 rows (AVX-512) with rows left over, a last
-        // chunk of fewer than 4 lines, and tails of 1 and 12 values.
+        // One activation row (one row at a time, 64 values a step, then 32, then the
+        // rest): rows not a multiple of four, a 32-value step after the 64s (160, 300),
+        // and tails of 1 and 12 values.
         (1, 13, 2880),
         (1, 64, 160),
         (1, 8, 33),
@@ -131,7 +137,7 @@ fn bf16_matmul_all_paths_against_reference() {
 
 /// The greedy lm_head screen recomputes the rows it keeps as a matrix of their own and
 /// needs the full logits' bits: a bf16 row's GEMV result must not depend on the rows
-/// beside it (which kernel, which block, which task).
+/// beside it (which four rows share a call, which task).
 #[test]
 fn bf16_gemv_row_results_do_not_depend_on_their_neighbours() {
     let mut rng = Rng(12);
@@ -146,7 +152,6 @@ fn bf16_gemv_row_results_do_not_depend_on_their_neighbours() {
             let part = w.slice_rows(r0, r1);
             let mut got = vec![0f32; r1 - r0];
             matmul(isa, Precision::F32, &x, 1, &part, None, &mut got, &mut Scratch::default());
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&all[r0..r1]), "{} rows {r0}..{r1}", isa.name());
         }
     }
@@ -190,7 +195,6 @@ fn matmul_batch_of_mixed_jobs_matches_single_matmuls() {
                     let mut want = vec![0f32; m * rows];
                     let w = Weight::mxfp4(&weights[k].0, &weights[k].1, rows, n);
                     pool.install(|| matmul(isa, precision, &xs[k], m, &w, None, &mut want, &mut Scratch::default()));
-                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&outs[k]), bits(&want), "{} {precision:?} {threads} threads, job {k}", isa.name());
                 }
             }
@@ -449,8 +453,8 @@ fn q8_matmul_all_paths_within_stated_bounds() {
             (2, 13, 544),
             (3, 33, 160),
             (1, 40, 2880),
-            // One activation row: blocks of 8 rows (AVX-512 VNNI) with an odd block per
-            // row and rows left over, and rows of three scale chunks (16 + 16 + 2 blocks).
+            // One activation row: an odd last block per row (summed apart) with rows not a
+            // multiple of four, and rows of three scale chunks (16 + 16 + 2 blocks).
             (1, 19, 544),
             (1, 16, 1088),
             (5, 11, 2880),
@@ -557,7 +561,6 @@ fn kernel_speed() {
 /// and two, several rows and a row length with a partial group.
 #[test]
 fn quantize_paths_match_scalar() {
-    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
     let mut rng = Rng(41);
     let specials = [0.0, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e-38, f32::MAX, -f32::MAX, 127.5, -0.5];
     for &(m, n) in &[(1, 2880), (3, 96), (2, 32 * 7)] {
