@@ -75,6 +75,55 @@ unsafe fn group_scales(sp: *const u8) -> __m512 {
     _mm512_castsi512_ps(_mm512_slli_epi32::<23>(b))
 }
 
+/// Groups of four blocks whose scales `scale_words` prepares at a time: 64 scale bytes,
+/// one masked load per row.
+const SCALE_CHUNK: usize = 16;
+
+/// A row's scale bytes `sp[..len]` (len <= 4 * SCALE_CHUNK) as bf16 words, `s << 7`:
+/// the bits of 2^(s - 127) for every byte but 0 and 255, so that one `vpshufb` of a
+/// broadcast quad gives a group's four f32 scales (`word_scales`), against a
+/// broadcast, a shuffle and a shift from the bytes. Writes all 4 * SCALE_CHUNK words
+/// (zeros past len); returns whether a byte is 0 or 255 (those take `group_scales`).
+#[inline(always)]
+unsafe fn scale_words(sp: *const u8, len: usize, out: *mut u16) -> bool {
+    debug_assert!(len <= 4 * SCALE_CHUNK);
+    let m = if len >= 64 { !0u64 } else { (1u64 << len) - 1 };
+    let b = _mm512_maskz_loadu_epi8(m, sp as *const i8);
+    let special = _mm512_mask_cmpeq_epi8_mask(m, b, _mm512_setzero_si512())
+        | _mm512_mask_cmpeq_epi8_mask(m, b, _mm512_set1_epi8(-1));
+    let lo = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(b));
+    let hi = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64::<1>(b));
+    _mm512_storeu_si512(out as *mut __m512i, _mm512_slli_epi16::<7>(lo));
+    _mm512_storeu_si512(out.add(32) as *mut __m512i, _mm512_slli_epi16::<7>(hi));
+    special != 0
+}
+
+/// The four scales of a group from its four `scale_words` as [s0 x4, s1 x4, s2 x4, s3 x4]
+/// (each word into the high half of its lane's dwords).
+#[inline(always)]
+unsafe fn word_scales(wp: *const u16) -> __m512 {
+    let pattern = _mm512_set_epi32(
+        0x0706_8080,
+        0x0706_8080,
+        0x0706_8080,
+        0x0706_8080,
+        0x0504_8080,
+        0x0504_8080,
+        0x0504_8080,
+        0x0504_8080,
+        0x0302_8080,
+        0x0302_8080,
+        0x0302_8080,
+        0x0302_8080,
+        0x0100_8080,
+        0x0100_8080,
+        0x0100_8080,
+        0x0100_8080,
+    );
+    let quad = _mm512_broadcastq_epi64(_mm_loadl_epi64(wp as *const __m128i));
+    _mm512_castsi512_ps(_mm512_shuffle_epi8(quad, pattern))
+}
+
 /// Four MXFP4 rows against one `Planes`-layout activation row `xp`.
 ///
 /// # Safety
@@ -269,47 +318,122 @@ pub unsafe fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4
     out
 }
 
-/// The int GEMVs' blocks `first..nb` of one MXFP4 row (codes at `row`, scales at `sp`)
-/// past its last full group of four, one block at a time: their share of the row's dot
-/// product with `x` (as the scalar twin sums a block).
-#[inline(always)]
-unsafe fn int8_tail<const TWO: bool>(
-    x: &super::quant::QRow,
-    row: *const u8,
-    sp: *const u8,
-    first: usize,
-    nb: usize,
-) -> f32 {
-    use super::quant::{LIMB2, W2_PLUS_12};
-    let lut = _mm_loadu_si128(W2_PLUS_12.as_ptr() as *const __m128i);
-    let nib = _mm_set1_epi8(0x0f);
-    let mut tail = 0f32;
-    for b in first..nb {
-        let v = _mm_loadu_si128(row.add(b * BLOCK_BYTES) as *const __m128i);
-        let wl = _mm_shuffle_epi8(lut, _mm_and_si128(v, nib));
-        let wh = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16::<4>(v), nib));
-        let limb = |q: *const i8, corr: i32| {
-            let xe = _mm_loadu_si128(q.add(b * BLOCK) as *const __m128i);
-            let xo = _mm_loadu_si128(q.add(b * BLOCK + 16) as *const __m128i);
-            let s = _mm_dpbusd_epi32(_mm_dpbusd_epi32(_mm_setzero_si128(), wl, xe), wh, xo);
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-            _mm_cvtsi128_si32(s) - corr
-        };
-        let mut v = limb(x.q.as_ptr(), x.corr[b]) as f32;
-        if TWO {
-            v += limb(x.q2.as_ptr(), x.corr2[b]) as f32 * LIMB2;
-        }
-        tail += v * x.half_d[b] * E8M0[*sp.add(b) as usize];
+/// One group of four blocks of a quantized activation row, as the int GEMVs read it:
+/// per limb the even and odd elements (`vpdpbusd` operands against the low and high
+/// nibbles' codes) and the dword lanes' -12*sum(q) corrections, and each lane's d/2.
+#[derive(Clone, Copy)]
+struct GroupX {
+    xe: __m512i,
+    xo: __m512i,
+    nc: __m512i,
+    xe2: __m512i,
+    xo2: __m512i,
+    nc2: __m512i,
+    hd: __m512,
+}
+
+impl GroupX {
+    /// Full group `g` (`Grouped` order). Without `TWO` the second limb repeats the first
+    /// (unread).
+    #[inline(always)]
+    unsafe fn load<const TWO: bool>(x: &super::quant::QRow, g: usize) -> GroupX {
+        let at = |q: &[i8], k: usize| _mm512_loadu_si512(q.as_ptr().add(g * 128 + k) as *const __m512i);
+        let lanes = |c: &[i32]| _mm512_loadu_si512(c.as_ptr().add(g * 16) as *const __m512i);
+        let (xe, xo, nc) = (at(x.q, 0), at(x.q, 64), lanes(x.lane_neg_corr));
+        let (xe2, xo2, nc2) = if TWO { (at(x.q2, 0), at(x.q2, 64), lanes(x.lane_neg_corr2)) } else { (xe, xo, nc) };
+        GroupX { xe, xo, nc, xe2, xo2, nc2, hd: _mm512_loadu_ps(x.lane_half_d.as_ptr().add(g * 16)) }
     }
-    tail
+
+    /// The `nb % 4` (1-3) blocks past the last full group, which the `Grouped` order
+    /// keeps as 16 evens then 16 odds each, made a group whose missing blocks are zero
+    /// (their products and corrections are then zero, whatever codes meet them).
+    #[inline(always)]
+    unsafe fn tail<const TWO: bool>(x: &super::quant::QRow, nb: usize) -> GroupX {
+        let first = nb / 4 * 4;
+        let t = nb - first;
+        debug_assert!((1..4).contains(&t));
+        let (xe, xo, nc) = tail_limb(x.q, first, t);
+        let (xe2, xo2, nc2) = if TWO { tail_limb(x.q2, first, t) } else { (xe, xo, nc) };
+        let hds = _mm512_maskz_loadu_ps((1 << t) - 1, x.half_d.as_ptr().add(first));
+        let hd = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0), hds);
+        GroupX { xe, xo, nc, xe2, xo2, nc2, hd }
+    }
+
+    /// A line of codes (64 bytes: four blocks of one weight row) against this group:
+    /// each dword lane's exact integer sum (both limbs, the second weighing 1/254) times
+    /// its d/2, before the weight scales.
+    #[inline(always)]
+    unsafe fn line<const TWO: bool>(&self, v: __m512i) -> __m512 {
+        let (wl, wh) = int_codes(v);
+        self.decoded::<TWO>(wl, wh)
+    }
+
+    /// `line` from codes already made 2*E2M1+12 (low nibbles `wl`, high `wh`).
+    #[inline(always)]
+    unsafe fn decoded<const TWO: bool>(&self, wl: __m512i, wh: __m512i) -> __m512 {
+        use super::quant::LIMB2;
+        let mut f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(self.nc, wl, self.xe), wh, self.xo));
+        if TWO {
+            let f2 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(self.nc2, wl, self.xe2), wh, self.xo2));
+            f = _mm512_fmadd_ps(f2, _mm512_set1_ps(LIMB2), f);
+        }
+        _mm512_mul_ps(f, self.hd)
+    }
+}
+
+/// One limb of `GroupX::tail`: its evens, odds and lane corrections (t blocks of q from
+/// block `first`).
+#[inline(always)]
+unsafe fn tail_limb(q: &[i8], first: usize, t: usize) -> (__m512i, __m512i, __m512i) {
+    // 128-bit lanes [e0, o0, e1, o1 | e2, o2, 0, 0] -> evens [e0, e1, e2, 0], odds alike.
+    let p = q.as_ptr().add(first * BLOCK);
+    let lo = _mm512_maskz_loadu_epi8(if t >= 2 { !0 } else { (1 << 32) - 1 }, p);
+    let hi = if t == 3 { _mm512_maskz_loadu_epi8((1 << 32) - 1, p.add(64)) } else { _mm512_setzero_si512() };
+    let xe = _mm512_permutex2var_epi64(lo, _mm512_set_epi64(13, 12, 9, 8, 5, 4, 1, 0), hi);
+    let xo = _mm512_permutex2var_epi64(lo, _mm512_set_epi64(15, 14, 11, 10, 7, 6, 3, 2), hi);
+    // -12 * the sum of each lane's 8 values, as `Grouped` stores for full groups (one
+    // correction per block would round the lanes' large opposite terms).
+    let twelve = _mm512_set1_epi8(12);
+    let c = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), twelve, xe), twelve, xo);
+    (xe, xo, _mm512_sub_epi32(_mm512_setzero_si512(), c))
+}
+
+/// A line of MXFP4 codes as u8 2*E2M1+12, low nibbles and high (`vpshufb`: measured
+/// faster here than an unmasked `vpermb`).
+#[inline(always)]
+unsafe fn int_codes(v: __m512i) -> (__m512i, __m512i) {
+    use super::quant::W2_PLUS_12;
+    let lut = _mm512_broadcast_i32x4(_mm_loadu_si128(W2_PLUS_12.as_ptr() as *const __m128i));
+    let nib = _mm512_set1_epi8(0x0f);
+    let wl = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, nib));
+    let wh = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib));
+    (wl, wh)
+}
+
+/// The scales of the `nb % 4` blocks past a row's last full group (at `sp`), laid out
+/// as `group_scales`, zero for the missing blocks.
+#[inline(always)]
+unsafe fn tail_scales(sp: *const u8, t: usize) -> __m512 {
+    let f = |i: usize| if i < t { E8M0[*sp.add(i) as usize] } else { 0.0 };
+    let lanes = _mm_set_ps(f(3), f(2), f(1), f(0));
+    let idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(lanes))
+}
+
+/// A row's codes past its last full group (`nb % 4` blocks at `p`), zero-padded to a line.
+#[inline(always)]
+unsafe fn tail_codes(p: *const u8, t: usize) -> __m512i {
+    _mm512_maskz_loadu_epi8((1u64 << (16 * t)) - 1, p as *const i8)
 }
 
 /// "int8" precision with AVX-512 VNNI: four MXFP4 rows against M quantized activation
-/// rows (`Grouped` order; M = 1..4, the GEMV path). Codes become 2*E2M1+12 through
-/// `vpshufb` (measured faster here than an unmasked `vpermb`); `vpdpbusd` sums u8 x s8
+/// rows (`Grouped` order; M = 1..4, the GEMV path). Codes become 2*E2M1+12
+/// (`int_codes`); `vpdpbusd` sums u8 x s8
 /// products exactly into 16 dword lanes (four per block), starting from the lanes'
-/// -12*sum(q) correction; each lane is then scaled by its block's d/2 and scale.
+/// -12*sum(q) correction; each lane is then scaled by its block's d/2 and scale. The
+/// blocks past the last full group are one more group, zero-padded (`GroupX::tail`),
+/// summed into the same lanes as `mxfp4_rows_int8` sums them, so both kernels give a
+/// row the same bits.
 ///
 /// Groups outer, weight rows next, activation rows inner: each group of codes is
 /// decoded once for the M activation rows, and the activations stay in L1. The four
@@ -327,7 +451,6 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
     blocks: [&[u8]; 4],
     scales: [&[u8]; 4],
 ) -> [[f32; 4]; M] {
-    use super::quant::{LIMB2, W2_PLUS_12};
     let nb = scales[0].len();
     let groups = nb / 4;
     for x in xs {
@@ -336,9 +459,6 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
     for r in 0..4 {
         debug_assert!(blocks[r].len() >= nb * BLOCK_BYTES && scales[r].len() >= nb);
     }
-    let lut128 = _mm_loadu_si128(W2_PLUS_12.as_ptr() as *const __m128i);
-    let lut = _mm512_broadcast_i32x4(lut128);
-    let nib = _mm512_set1_epi8(0x0f);
     let ahead = 4 * nb * BLOCK_BYTES;
     for r in 0..4 {
         _mm_prefetch::<_MM_HINT_T0>(scales[r].as_ptr().add(4 * nb) as *const i8);
@@ -352,39 +472,36 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
         for r in 0..4 {
             let bp = blocks[r].as_ptr().add(g * 4 * BLOCK_BYTES);
             _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(ahead) as *const i8);
-            let v = _mm512_loadu_si512(bp as *const __m512i);
-            wl[r] = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, nib));
-            wh[r] = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib));
+            (wl[r], wh[r]) = int_codes(_mm512_loadu_si512(bp as *const __m512i));
             sc[r] = group_scales(scales[r].as_ptr().add(g * 4));
         }
-        for (i, x) in xs.iter().enumerate() {
-            let xe = _mm512_loadu_si512(x.q.as_ptr().add(g * 128) as *const __m512i);
-            let xo = _mm512_loadu_si512(x.q.as_ptr().add(g * 128 + 64) as *const __m512i);
-            let nc = _mm512_loadu_si512(x.lane_neg_corr.as_ptr().add(g * 16) as *const __m512i);
-            let (xe2, xo2, nc2) = if TWO {
-                (
-                    _mm512_loadu_si512(x.q2.as_ptr().add(g * 128) as *const __m512i),
-                    _mm512_loadu_si512(x.q2.as_ptr().add(g * 128 + 64) as *const __m512i),
-                    _mm512_loadu_si512(x.lane_neg_corr2.as_ptr().add(g * 16) as *const __m512i),
-                )
-            } else {
-                (xe, xo, nc)
-            };
-            let hd = _mm512_loadu_ps(x.lane_half_d.as_ptr().add(g * 16));
+        for (x, acc) in xs.iter().zip(acc.iter_mut()) {
+            let gx = GroupX::load::<TWO>(x, g);
             for r in 0..4 {
-                let mut f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(nc, wl[r], xe), wh[r], xo));
-                if TWO {
-                    let f2 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(nc2, wl[r], xe2), wh[r], xo2));
-                    f = _mm512_fmadd_ps(f2, _mm512_set1_ps(LIMB2), f);
-                }
-                acc[i][r] = _mm512_fmadd_ps(_mm512_mul_ps(f, hd), sc[r], acc[i][r]);
+                acc[r] = _mm512_fmadd_ps(gx.decoded::<TWO>(wl[r], wh[r]), sc[r], acc[r]);
+            }
+        }
+    }
+    let t = nb % 4;
+    if t > 0 {
+        let mut wl = [_mm512_setzero_si512(); 4];
+        let mut wh = [_mm512_setzero_si512(); 4];
+        let mut sc = [_mm512_setzero_ps(); 4];
+        for r in 0..4 {
+            (wl[r], wh[r]) = int_codes(tail_codes(blocks[r].as_ptr().add(groups * 4 * BLOCK_BYTES), t));
+            sc[r] = tail_scales(scales[r].as_ptr().add(groups * 4), t);
+        }
+        for (x, acc) in xs.iter().zip(acc.iter_mut()) {
+            let gx = GroupX::tail::<TWO>(x, nb);
+            for r in 0..4 {
+                acc[r] = _mm512_fmadd_ps(gx.decoded::<TWO>(wl[r], wh[r]), sc[r], acc[r]);
             }
         }
     }
     let mut out = [[0f32; 4]; M];
-    for (i, x) in xs.iter().enumerate() {
+    for i in 0..M {
         for r in 0..4 {
-            out[i][r] = hsum(acc[i][r]) + int8_tail::<TWO>(x, blocks[r].as_ptr(), scales[r].as_ptr(), groups * 4, nb);
+            out[i][r] = hsum(acc[i][r]);
         }
     }
     out
@@ -404,6 +521,10 @@ pub const ROW_BLOCK: usize = 8;
 /// 11.5 KB are read from L2. Streams and loads per line, not arithmetic, set a thread's
 /// streaming rate here (README, "the integer MXFP4 GEMV").
 ///
+/// The scales are made bf16 words a chunk at a time (`scale_words`), so that a line's
+/// four take one shuffle. The blocks past the last full group are one more, zero-padded
+/// group, as in `mxfp4_dot4_int8`.
+///
 /// # Safety
 /// avx512f/bw/vl/vnni; `blocks` and `scales` hold `ROW_BLOCK` rows of nb blocks
 /// (nb = scales.len() / ROW_BLOCK), `x` quantized in `Grouped` order from 32 * nb values
@@ -416,7 +537,6 @@ pub unsafe fn mxfp4_rows_int8<const TWO: bool>(
     next: *const u8,
     next_scales: *const u8,
 ) -> [f32; ROW_BLOCK] {
-    use super::quant::{LIMB2, W2_PLUS_12};
     const R: usize = ROW_BLOCK;
     let nb = scales.len() / R;
     let groups = nb / 4;
@@ -424,42 +544,53 @@ pub unsafe fn mxfp4_rows_int8<const TWO: bool>(
     debug_assert!(blocks.len() >= R * rb && scales.len() >= R * nb);
     debug_assert!(x.q.len() >= nb * BLOCK && x.lane_neg_corr.len() >= groups * 16);
     debug_assert!(!TWO || (x.q2.len() >= nb * BLOCK && x.lane_neg_corr2.len() >= groups * 16));
-    let lut128 = _mm_loadu_si128(W2_PLUS_12.as_ptr() as *const __m128i);
-    let lut = _mm512_broadcast_i32x4(lut128);
-    let nib = _mm512_set1_epi8(0x0f);
     let (bp, sp) = (blocks.as_ptr(), scales.as_ptr());
     let mut acc = [_mm512_setzero_ps(); R];
-    for g in 0..groups {
-        let at = |q: &[i8], k: usize| _mm512_loadu_si512(q.as_ptr().add(g * 128 + k) as *const __m512i);
-        let lanes = |c: &[i32]| _mm512_loadu_si512(c.as_ptr().add(g * 16) as *const __m512i);
-        let (xe, xo, nc) = (at(x.q, 0), at(x.q, 64), lanes(x.lane_neg_corr));
-        let (xe2, xo2, nc2) = if TWO { (at(x.q2, 0), at(x.q2, 64), lanes(x.lane_neg_corr2)) } else { (xe, xo, nc) };
-        let hd = _mm512_loadu_ps(x.lane_half_d.as_ptr().add(g * 16));
+    // Group g's lines of the R rows into acc, row j's scales from `scale(j)`.
+    let group = |g: usize, acc: &mut [__m512; R], scale: &dyn Fn(usize) -> __m512| {
+        let gx = GroupX::load::<TWO>(x, g);
         if g < R * nb / 64 + 1 {
             _mm_prefetch::<_MM_HINT_T1>(next_scales.wrapping_add(g * 64) as *const i8);
         }
         for j in 0..R {
             _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add((g * R + j) * 64) as *const i8);
             let v = _mm512_loadu_si512(bp.add(j * rb + g * 64) as *const __m512i);
-            let wl = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, nib));
-            let wh = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib));
-            let mut f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(nc, wl, xe), wh, xo));
-            if TWO {
-                let f2 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(nc2, wl, xe2), wh, xo2));
-                f = _mm512_fmadd_ps(f2, _mm512_set1_ps(LIMB2), f);
+            acc[j] = _mm512_fmadd_ps(gx.line::<TWO>(v), scale(j), acc[j]);
+        }
+    };
+    // SCALE_CHUNK groups at a time, their scales first made words (or, with a 0 or 255
+    // among them, read as bytes line by line).
+    let mut words = std::mem::MaybeUninit::<[[u16; 4 * SCALE_CHUNK]; R]>::uninit();
+    let wp = words.as_mut_ptr() as *mut u16;
+    for c0 in (0..groups).step_by(SCALE_CHUNK) {
+        let c1 = groups.min(c0 + SCALE_CHUNK);
+        let mut special = false;
+        for j in 0..R {
+            special |= scale_words(sp.add(j * nb + c0 * 4), 4 * (c1 - c0), wp.add(j * 4 * SCALE_CHUNK));
+        }
+        if special {
+            for g in c0..c1 {
+                group(g, &mut acc, &|j| group_scales(sp.add(j * nb + g * 4)));
             }
-            acc[j] = _mm512_fmadd_ps(_mm512_mul_ps(f, hd), group_scales(sp.add(j * nb + g * 4)), acc[j]);
+        } else {
+            for g in c0..c1 {
+                group(g, &mut acc, &|j| word_scales(wp.add(j * 4 * SCALE_CHUNK + (g - c0) * 4)));
+            }
         }
     }
-    // The block's last lines (past groups * R), then the rows' tail blocks.
+    // The blocks past the last full group, then the next block's last lines.
+    let t = nb % 4;
+    if t > 0 {
+        let gx = GroupX::tail::<TWO>(x, nb);
+        for j in 0..R {
+            let v = tail_codes(bp.add(j * rb + groups * 64), t);
+            acc[j] = _mm512_fmadd_ps(gx.line::<TWO>(v), tail_scales(sp.add(j * nb + groups * 4), t), acc[j]);
+        }
+    }
     for k in groups * R..R * rb / 64 + 1 {
         _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(k * 64) as *const i8);
     }
-    let mut out = [0f32; R];
-    for j in 0..R {
-        out[j] = hsum(acc[j]) + int8_tail::<TWO>(x, bp.add(j * rb), sp.add(j * nb), groups * 4, nb);
-    }
-    out
+    acc.map(|a| hsum(a))
 }
 
 /// 4x4 tile of dot products straight from bf16 weight rows (widened in registers, no

@@ -231,22 +231,27 @@ fn mxfp4_decode_paths_match_dequantize() {
     }
 }
 
-/// Scale bytes 0 (2^-127) and 255 (NaN) in the int GEMVs (the AVX-512 kernel decodes
-/// scales without the table unless a group has one): rows with a 255 give NaN, the
-/// others their reference within the stated bound, whether or not a special scale sits
-/// in the same call, in a full group or in the tail.
+/// Scale bytes 0 (2^-127) and 255 (NaN) in the int GEMVs (the AVX-512 kernels make a
+/// chunk of scales words, and read its bytes one group at a time only when the chunk has
+/// one): rows with a 255 give NaN, the others their reference within the stated bound,
+/// whether or not a special scale sits in the same call or chunk, in a full group or in
+/// the tail.
 #[test]
 fn mxfp4_int_gemv_special_scales() {
     let mut rng = Rng(31);
-    let (rows, n) = (12, 224);
+    // 71 blocks: 17 full groups (scale chunks of groups 0-15 and 16) and a 3-block tail.
+    let (rows, n) = (20, 71 * 32);
     let (blocks, mut scales, _) = mxfp4_case(&mut rng, rows, n);
     let nb = n / 32;
-    // Row 1: 0 in a full group; row 5: 255 in a full group; row 6: 0 in the tail (block
-    // 5 of 7); row 10: 255 in the tail. With one activation row on AVX-512 VNNI, rows
-    // 0-7 are one block of `mxfp4_rows_int8` (three special rows) and rows 8-11 one call
-    // of the four-row kernel (row 10 only); with more, the four-row kernel takes rows
-    // t, t+3, t+6, t+9, so calls mix special and plain rows.
-    for (r, b, v) in [(1, 2, 0u8), (5, 1, 255), (6, 5, 0), (10, 6, 255)] {
+    // With one activation row on AVX-512 VNNI, rows 0-7 and 8-15 are two calls of
+    // `mxfp4_rows_int8` and rows 16-19 one of the four-row kernel:
+    // - rows 0-7: 0 (row 1) and 255 (row 5) in the first chunk, 0 in the second (row 3)
+    //   and 0 in the tail (row 6);
+    // - rows 8-15: a plain first chunk, 0 in the second (row 12);
+    // - rows 16-19: 255 in the tail (row 18).
+    // With more activation rows the four-row kernel takes rows t, t+5, t+10, t+15, so
+    // calls mix special and plain rows.
+    for (r, b, v) in [(1, 2, 0u8), (5, 1, 255), (3, 66, 0), (6, 69, 0), (12, 66, 0), (18, 70, 255)] {
         scales[r * nb + b] = v;
     }
     let mut wf = vec![0f32; rows * n];
@@ -263,7 +268,7 @@ fn mxfp4_int_gemv_special_scales() {
                     for r in 0..rows {
                         let k = i * rows + r;
                         let what = format!("{} {precision:?} m={m} row {r}", isa.name());
-                        if r == 5 || r == 10 {
+                        if r == 5 || r == 18 {
                             assert!(got[k].is_nan(), "{what}: {} instead of NaN", got[k]);
                             continue;
                         }
@@ -634,6 +639,89 @@ fn quantize_paths_match_scalar() {
                 // The special blocks really are special: NaN d/2 where a value is not finite.
                 for (b, block) in x.chunks_exact(32).enumerate() {
                     assert_eq!(want.half_d[b].is_nan(), block.iter().any(|v| !v.is_finite()));
+                }
+            }
+        }
+    }
+}
+
+/// A row's int GEMV result must not depend on which AVX-512 kernel computed it: the
+/// threads' claims decide whether a row falls in a block of `mxfp4_rows_int8` or goes
+/// through `mxfp4_dot4_int8`, and batched decode compares against single calls bit for
+/// bit. Both kernels, every tail length (0-3 blocks past the last full group), a 0 and
+/// a 255 scale among plain ones.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn mxfp4_int_gemv_kernels_agree_bit_for_bit() {
+    if !Isa::available().contains(&Isa::Avx512) || !vnni() {
+        return; // neither kernel can run on this CPU
+    }
+    let mut rng = Rng(43);
+    const R: usize = avx512::ROW_BLOCK;
+    for nb in [1, 2, 3, 4, 5, 70, 90, 91] {
+        let n = nb * 32;
+        let (blocks, mut scales, _) = mxfp4_case(&mut rng, R, n);
+        if nb == 70 {
+            (scales[nb + 3], scales[5 * nb + 66]) = (0, 255);
+        }
+        let x: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
+        for two in [false, true] {
+            let mut qx = quant::QuantX::default();
+            qx.quantize(Isa::Avx512, quant::QLayout::Grouped, two, &x, 1, n);
+            let xr = qx.row(0);
+            let row = |r: usize| (&blocks[r * nb * 16..(r + 1) * nb * 16], &scales[r * nb..(r + 1) * nb]);
+            // SAFETY: AVX-512 VNNI checked above; 8 rows of nb blocks, x quantized in
+            // Grouped order from n values with the limbs asked for.
+            let (block, four) = unsafe {
+                let (b, s) = (&blocks[..], &scales[..]);
+                let block = if two {
+                    avx512::mxfp4_rows_int8::<true>(&xr, b, s, b.as_ptr(), s.as_ptr())
+                } else {
+                    avx512::mxfp4_rows_int8::<false>(&xr, b, s, b.as_ptr(), s.as_ptr())
+                };
+                let mut four = [0f32; R];
+                for r0 in [0, 4] {
+                    let (bs, ss) = ([0, 1, 2, 3].map(|k| row(r0 + k).0), [0, 1, 2, 3].map(|k| row(r0 + k).1));
+                    let got = if two {
+                        avx512::mxfp4_dot4_int8::<true, 1>(&[&xr], bs, ss)
+                    } else {
+                        avx512::mxfp4_dot4_int8::<false, 1>(&[&xr], bs, ss)
+                    };
+                    four[r0..r0 + 4].copy_from_slice(&got[0]);
+                }
+                (block, four)
+            };
+            assert_eq!(bits(&block), bits(&four), "nb {nb}, two limbs {two}");
+            if nb == 70 {
+                assert!(block[5].is_nan() && block.iter().filter(|v| v.is_nan()).count() == 1);
+            }
+        }
+    }
+}
+
+/// Zero weights give exactly zero on every int path, whatever the activations and
+/// scales: the biased codes' corrections must cancel lane by lane (a correction per
+/// block instead left f32 rounding of the lanes' opposite terms, -9e-44 with scale 0).
+#[test]
+fn mxfp4_int_gemv_of_zero_weights_is_zero() {
+    for nb in [1, 2, 3, 5, 91] {
+        let n = nb * 32;
+        for (rows, m) in [(1, 1), (8, 1), (4, 3)] {
+            let blocks = vec![0u8; rows * nb * 16];
+            for scale in [0u8, 1, 127, 254] {
+                let scales = vec![scale; rows * nb];
+                let w = Weight::mxfp4(&blocks, &scales, rows, n);
+                let x: Vec<f32> = (0..m * n).map(|k| 2.25 - (k % 7) as f32).collect();
+                for precision in [Precision::Int8, Precision::Int16] {
+                    for isa in Isa::available() {
+                        let mut got = vec![1f32; m * rows];
+                        matmul(isa, precision, &x, m, &w, None, &mut got, &mut Scratch::default());
+                        assert!(
+                            got.iter().all(|&v| v == 0.0),
+                            "{} {precision:?} nb {nb} scale {scale}: {got:?}",
+                            isa.name()
+                        );
+                    }
                 }
             }
         }
