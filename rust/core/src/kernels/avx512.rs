@@ -47,10 +47,7 @@ fn has_special_scale(s4: u32) -> bool {
 unsafe fn group_scales(sp: *const u8) -> __m512 {
     let s4 = (sp as *const u32).read_unaligned();
     if has_special_scale(s4) {
-        let f = |i: usize| E8M0[*sp.add(i) as usize];
-        let lanes = _mm_set_ps(f(3), f(2), f(1), f(0));
-        let idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-        return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(lanes));
+        return table_scales(sp, 4);
     }
     // Byte m of the broadcast dword, zero-extended into every dword of 128-bit lane m.
     let pattern = _mm512_set_epi32(
@@ -410,10 +407,11 @@ unsafe fn int_codes(v: __m512i) -> (__m512i, __m512i) {
     (wl, wh)
 }
 
-/// The scales of the `nb % 4` blocks past a row's last full group (at `sp`), laid out
-/// as `group_scales`, zero for the missing blocks.
+/// The scales of t <= 4 blocks at `sp` through the E8M0 table (any byte), laid out as
+/// `group_scales`, zero past the t-th: a group with a 0 or 255, or the blocks past a
+/// row's last full group.
 #[inline(always)]
-unsafe fn tail_scales(sp: *const u8, t: usize) -> __m512 {
+unsafe fn table_scales(sp: *const u8, t: usize) -> __m512 {
     let f = |i: usize| if i < t { E8M0[*sp.add(i) as usize] } else { 0.0 };
     let lanes = _mm_set_ps(f(3), f(2), f(1), f(0));
     let idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
@@ -489,7 +487,7 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
         let mut sc = [_mm512_setzero_ps(); 4];
         for r in 0..4 {
             (wl[r], wh[r]) = int_codes(tail_codes(blocks[r].as_ptr().add(groups * 4 * BLOCK_BYTES), t));
-            sc[r] = tail_scales(scales[r].as_ptr().add(groups * 4), t);
+            sc[r] = table_scales(scales[r].as_ptr().add(groups * 4), t);
         }
         for (x, acc) in xs.iter().zip(acc.iter_mut()) {
             let gx = GroupX::tail::<TWO>(x, nb);
@@ -584,7 +582,7 @@ pub unsafe fn mxfp4_rows_int8<const TWO: bool>(
         let gx = GroupX::tail::<TWO>(x, nb);
         for j in 0..R {
             let v = tail_codes(bp.add(j * rb + groups * 64), t);
-            acc[j] = _mm512_fmadd_ps(gx.line::<TWO>(v), tail_scales(sp.add(j * nb + groups * 4), t), acc[j]);
+            acc[j] = _mm512_fmadd_ps(gx.line::<TWO>(v), table_scales(sp.add(j * nb + groups * 4), t), acc[j]);
         }
     }
     for k in groups * R..R * rb / 64 + 1 {
