@@ -13,9 +13,10 @@
 //!   weight codes decoded once per task to u8, exact `vpdpbusd` sums per block
 //!   (`qgemm_panel`: 4 rows x 32 tokens).
 //!
-//! Work is split over output rows with rayon, in whatever pool the caller installed:
-//! GEMV batches (decode) on every thread at once, each claiming runs of rows from a
-//! shared cursor, shorter as the rows run out (`run_guided`); GEMMs as rayon tasks.
+//! Work is split over output rows on the threads of whatever rayon pool the caller
+//! installed, through `crate::par` (a forward pass's spinning team): GEMV batches
+//! (decode) on every thread at once, each claiming runs of rows from a shared cursor,
+//! shorter as the rows run out (`run_guided`); GEMMs as tasks claimed one by one.
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
@@ -442,10 +443,15 @@ fn tile(isa: Isa, x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4] {
 }
 
 /// Output pointer shared by parallel tasks that write disjoint elements.
-#[derive(Clone, Copy)]
-pub(crate) struct OutPtr(pub(crate) *mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
+pub(crate) struct OutPtr<T = f32>(pub(crate) *mut T);
+impl<T> Clone for OutPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for OutPtr<T> {}
+unsafe impl<T: Send> Send for OutPtr<T> {}
+unsafe impl<T: Send> Sync for OutPtr<T> {}
 
 thread_local! {
     static DECODED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -469,7 +475,7 @@ pub(crate) fn with_thread_buffer<T: Copy + Default, R>(
     })
 }
 
-/// Rows per rayon task for a job of `rows` in a batch of `total_rows`: enough tasks to
+/// Rows per task for a job of `rows` in a batch of `total_rows`: enough tasks to
 /// balance the threads, few enough to amortise.
 fn chunk_rows(rows: usize, per_row_bytes: usize, total_rows: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
@@ -600,7 +606,7 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
         }
     };
     // Weights streamed with no per-task buffer (GEMVs; bf16 tiles on AVX-512: decode,
-    // batched decode): the threads start together and finish together (with rayon tasks
+    // batched decode): the threads start together and finish together (with tasks
     // of 1/16 of the work, decode's threads were busy 92% of its matmuls' time; this way
     // 97%).
     let streamed = |ji: usize| match job_scratch[ji].path {
@@ -629,8 +635,9 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
             tasks.push((ji, r0, (r0 + chunk).min(rows)));
         }
     }
-    let outs = &*outs;
-    tasks.par_iter().for_each(|&(ji, r0, r1)| {
+    let (outs, tasks) = (&*outs, &*tasks);
+    crate::par::for_each(tasks.len(), |i| {
+        let (ji, r0, r1) = tasks[i];
         run_task(isa, &jobs[ji], &prepared(ji), outs[ji], r0, r1);
     });
 }
@@ -718,7 +725,7 @@ fn run_guided<'p>(
     if threads == 1 || total <= min_rows {
         work(false);
     } else {
-        rayon::broadcast(|ctx| work(mixed && ctx.index() % 2 == 1));
+        crate::par::run(&|index| work(mixed && index % 2 == 1));
     }
 }
 

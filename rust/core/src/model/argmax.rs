@@ -32,9 +32,10 @@
 
 use super::checkpoint::{Checkpoint, TensorInfo};
 use crate::kernels::quant::TINY;
+use crate::kernels::OutPtr;
 use crate::mxfp4::BLOCK;
 use crate::q8::{self, Q8Matrix};
-use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Consecutive rows that share one bound.
 pub const CHUNK: usize = 16;
@@ -65,24 +66,31 @@ impl Screen {
         let nb = cols / BLOCK;
         let mut codes = vec![0u8; rows * cols];
         let mut scales = vec![0u16; rows * nb];
-        let read_ok = codes
-            .par_chunks_mut(ROWS_PER_READ * cols)
-            .zip(scales.par_chunks_mut(ROWS_PER_READ * nb))
-            .enumerate()
-            .map(|(i, (c, s))| {
-                let n = s.len() / nb;
-                let mut raw = vec![0u8; n * cols * 2];
-                ck.read_at(t, (r0 + i * ROWS_PER_READ) * cols * 2, &mut raw).ok()?;
-                let mut tmp = vec![0f32; cols];
-                for ((src, cr), sr) in
-                    raw.chunks_exact(cols * 2).zip(c.chunks_exact_mut(cols)).zip(s.chunks_exact_mut(nb))
-                {
-                    q8::quantize_row(src, &mut tmp, cr, sr);
-                }
-                Some(())
-            })
-            .all(|r| r.is_some());
-        if !read_ok {
+        // Chunks of ROWS_PER_READ rows, one per claim, each writing its own rows.
+        let (cptr, sptr) = (OutPtr(codes.as_mut_ptr()), OutPtr(scales.as_mut_ptr()));
+        let read_failed = AtomicBool::new(false);
+        crate::par::for_each(rows.div_ceil(ROWS_PER_READ), |i| {
+            let (cptr, sptr) = (cptr, sptr);
+            let n = ROWS_PER_READ.min(rows - i * ROWS_PER_READ);
+            // SAFETY: chunk i's rows of codes and scales, written by this claim only.
+            let (c, s) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(cptr.0.add(i * ROWS_PER_READ * cols), n * cols),
+                    std::slice::from_raw_parts_mut(sptr.0.add(i * ROWS_PER_READ * nb), n * nb),
+                )
+            };
+            let mut raw = vec![0u8; n * cols * 2];
+            if ck.read_at(t, (r0 + i * ROWS_PER_READ) * cols * 2, &mut raw).is_err() {
+                read_failed.store(true, Ordering::Relaxed);
+                return;
+            }
+            let mut tmp = vec![0f32; cols];
+            for ((src, cr), sr) in raw.chunks_exact(cols * 2).zip(c.chunks_exact_mut(cols)).zip(s.chunks_exact_mut(nb))
+            {
+                q8::quantize_row(src, &mut tmp, cr, sr);
+            }
+        });
+        if read_failed.into_inner() {
             return None;
         }
         Screen::from_q8(Q8Matrix { rows, cols, codes, scales })

@@ -28,7 +28,6 @@ use crate::error::{Error, Result};
 use crate::kernels::{self, with_thread_buffer, Job, OutPtr, Weight};
 use crate::runtime::kv_cache::KvCache;
 use crate::runtime::Logits;
-use rayon::prelude::*;
 
 /// One sequence of a batch: new tokens for one cache, and which logits to return.
 pub struct Segment<'a> {
@@ -195,6 +194,16 @@ impl Model {
     /// cache. Returns each segment's logits as its `want` asks. With `hidden` (rows of
     /// all segments, in order), the residual stream as in `forward`.
     pub fn forward_batch(
+        &self,
+        segs: &mut [Segment<'_>],
+        ws: &mut Workspace,
+        hidden: Option<&mut Vec<f32>>,
+    ) -> Result<Vec<Vec<f32>>> {
+        // The pool's threads wait for this pass's parallel jobs spinning, not asleep.
+        crate::par::with_team(|| self.forward_batch_in_team(segs, ws, hidden))
+    }
+
+    fn forward_batch_in_team(
         &self,
         segs: &mut [Segment<'_>],
         ws: &mut Workspace,
@@ -482,7 +491,7 @@ impl Model {
             Attention::Full => None,
         };
         let optr = OutPtr(out.as_mut_ptr());
-        (0..t_n * nkv).into_par_iter().for_each(|task| {
+        crate::par::for_each(t_n * nkv, |task| {
             let optr = optr;
             let (t, g) = (task / nkv, task % nkv);
             let (cache, pos) = (caches[tok_seg[t]], tok_pos[t]);
