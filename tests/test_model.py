@@ -586,3 +586,26 @@ def test_long_inputs_are_prefilled_in_chunks_with_the_same_logits(tiny_model_dir
     with pytest.raises(ValueError, match="out of range"):
         bad.append(ids[:700] + [m.config.vocab_size])
     assert len(bad) == 0  # nothing was appended
+
+
+@pytest.mark.parametrize("precision", ["f32", "auto", "q8"])
+def test_thread_count_changes_no_bit(precision):
+    """Every output row is one thread's sum, whichever thread claims it: prefill (GEMM
+    tasks), decode (GEMVs and attention through a pass's thread team) and a batched step
+    give the same bits on 1, 2 and 3 threads."""
+    name = "tiny-b"
+    ids = GOLDEN[name]["input_ids"][1].tolist()[:40]
+    outs = []
+    for threads in (1, 2, 3):
+        m = gn.load(FIXTURES / name, precision=precision, threads=threads, max_context=256)
+        s = m.session()
+        rows = [s.append(ids[:30], logits="all")] + [s.append([t]) for t in ids[30:]]
+        others = [m.session() for _ in range(3)]
+        for i, o in enumerate(others):
+            o.append(ids[: 5 + 7 * i], logits=None)
+        stepped = m.step(others, ids[:3])
+        outs.append((np.concatenate(rows), np.stack(stepped), s.append_argmax([ids[0]])))
+    for threads, (rows, stepped, tok) in zip((2, 3), outs[1:]):
+        assert np.array_equal(rows, outs[0][0]), f"{threads} threads: prefill/decode logits differ"
+        assert np.array_equal(stepped, outs[0][1]), f"{threads} threads: step logits differ"
+        assert tok == outs[0][2]

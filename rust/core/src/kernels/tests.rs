@@ -160,7 +160,8 @@ fn bf16_gemv_row_results_do_not_depend_on_their_neighbours() {
 /// A batch of GEMV jobs (decode's experts: one activation row for some, several for
 /// others, none for some) gives each job what `matmul` alone gives it, however the
 /// threads claim the rows (one, two or three threads; with mixed row counts half of
-/// them claim from the back of the row space).
+/// them claim from the back of the row space), dispatched by rayon or, three times in
+/// a row, by a forward pass's thread team (`par::with_team`).
 #[test]
 fn matmul_batch_of_mixed_jobs_matches_single_matmuls() {
     let mut rng = Rng(41);
@@ -173,9 +174,10 @@ fn matmul_batch_of_mixed_jobs_matches_single_matmuls() {
     for threads in [1, 2, 3] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         for isa in Isa::available() {
-            for precision in [Precision::F32, Precision::Int16] {
-                let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&(m, rows)| vec![f32::NAN; m * rows]).collect();
-                pool.install(|| {
+            for (precision, team) in
+                [Precision::F32, Precision::Int16].into_iter().flat_map(|p| [(p, false), (p, true)])
+            {
+                let batch = |outs: &mut Vec<Vec<f32>>| {
                     let mut jobs: Vec<Job> = shapes
                         .iter()
                         .zip(&weights)
@@ -190,12 +192,39 @@ fn matmul_batch_of_mixed_jobs_matches_single_matmuls() {
                         })
                         .collect();
                     matmul_batch(isa, precision, &mut jobs, &mut Scratch::default());
+                };
+                let fresh = || -> Vec<Vec<f32>> { shapes.iter().map(|&(m, rows)| vec![f32::NAN; m * rows]).collect() };
+                let results: Vec<Vec<Vec<f32>>> = pool.install(|| {
+                    let run = || {
+                        (0..if team { 3 } else { 1 })
+                            .map(|_| {
+                                let mut o = fresh();
+                                batch(&mut o);
+                                o
+                            })
+                            .collect()
+                    };
+                    if team {
+                        crate::par::with_team(run)
+                    } else {
+                        run()
+                    }
                 });
-                for (k, &(m, rows)) in shapes.iter().enumerate() {
-                    let mut want = vec![0f32; m * rows];
-                    let w = Weight::mxfp4(&weights[k].0, &weights[k].1, rows, n);
-                    pool.install(|| matmul(isa, precision, &xs[k], m, &w, None, &mut want, &mut Scratch::default()));
-                    assert_eq!(bits(&outs[k]), bits(&want), "{} {precision:?} {threads} threads, job {k}", isa.name());
+                for outs in &results {
+                    for (k, &(m, rows)) in shapes.iter().enumerate() {
+                        let mut want = vec![0f32; m * rows];
+                        let w = Weight::mxfp4(&weights[k].0, &weights[k].1, rows, n);
+                        pool.install(|| {
+                            matmul(isa, precision, &xs[k], m, &w, None, &mut want, &mut Scratch::default())
+                        });
+                        let how = if team { "a team" } else { "rayon" };
+                        assert_eq!(
+                            bits(&outs[k]),
+                            bits(&want),
+                            "{} {precision:?} {threads} threads, {how}, job {k}",
+                            isa.name()
+                        );
+                    }
                 }
             }
         }
