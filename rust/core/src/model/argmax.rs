@@ -32,10 +32,10 @@
 
 use super::checkpoint::{Checkpoint, TensorInfo};
 use crate::kernels::quant::TINY;
-use crate::kernels::OutPtr;
 use crate::mxfp4::BLOCK;
 use crate::q8::{self, Q8Matrix};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 /// Consecutive rows that share one bound.
 pub const CHUNK: usize = 16;
@@ -66,19 +66,14 @@ impl Screen {
         let nb = cols / BLOCK;
         let mut codes = vec![0u8; rows * cols];
         let mut scales = vec![0u16; rows * nb];
-        // Chunks of ROWS_PER_READ rows, one per claim, each writing its own rows.
-        let (cptr, sptr) = (OutPtr(codes.as_mut_ptr()), OutPtr(scales.as_mut_ptr()));
+        // Chunks of ROWS_PER_READ rows, one per claim (each lock is taken once).
+        let chunks: Vec<Mutex<(&mut [u8], &mut [u16])>> =
+            codes.chunks_mut(ROWS_PER_READ * cols).zip(scales.chunks_mut(ROWS_PER_READ * nb)).map(Mutex::new).collect();
         let read_failed = AtomicBool::new(false);
-        crate::par::for_each(rows.div_ceil(ROWS_PER_READ), |i| {
-            let (cptr, sptr) = (cptr, sptr);
-            let n = ROWS_PER_READ.min(rows - i * ROWS_PER_READ);
-            // SAFETY: chunk i's rows of codes and scales, written by this claim only.
-            let (c, s) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(cptr.0.add(i * ROWS_PER_READ * cols), n * cols),
-                    std::slice::from_raw_parts_mut(sptr.0.add(i * ROWS_PER_READ * nb), n * nb),
-                )
-            };
+        crate::par::for_each(chunks.len(), |i| {
+            let mut chunk = chunks[i].lock().unwrap_or_else(|e| e.into_inner());
+            let (c, s) = &mut *chunk;
+            let n = s.len() / nb;
             let mut raw = vec![0u8; n * cols * 2];
             if ck.read_at(t, (r0 + i * ROWS_PER_READ) * cols * 2, &mut raw).is_err() {
                 read_failed.store(true, Ordering::Relaxed);
@@ -90,6 +85,7 @@ impl Screen {
                 q8::quantize_row(src, &mut tmp, cr, sr);
             }
         });
+        drop(chunks);
         if read_failed.into_inner() {
             return None;
         }
