@@ -145,6 +145,7 @@ impl Team {
                 self.sleepers.fetch_sub(1, Ordering::SeqCst);
                 drop(held);
                 idle_since = Instant::now();
+                spins = 0;
             }
             std::hint::spin_loop();
         }
