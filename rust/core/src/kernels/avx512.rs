@@ -463,38 +463,13 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
     }
     let mut acc = [[_mm512_setzero_ps(); 4]; M];
     for g in 0..groups {
-        // The group's codes of the four rows, decoded once.
-        let mut wl = [_mm512_setzero_si512(); 4];
-        let mut wh = [_mm512_setzero_si512(); 4];
-        let mut sc = [_mm512_setzero_ps(); 4];
         for r in 0..4 {
-            let bp = blocks[r].as_ptr().add(g * 4 * BLOCK_BYTES);
-            _mm_prefetch::<_MM_HINT_T1>(bp.wrapping_add(ahead) as *const i8);
-            (wl[r], wh[r]) = int_codes(_mm512_loadu_si512(bp as *const __m512i));
-            sc[r] = group_scales(scales[r].as_ptr().add(g * 4));
+            _mm_prefetch::<_MM_HINT_T1>(blocks[r].as_ptr().add(g * 4 * BLOCK_BYTES).wrapping_add(ahead) as *const i8);
         }
-        for (x, acc) in xs.iter().zip(acc.iter_mut()) {
-            let gx = GroupX::load::<TWO>(x, g);
-            for r in 0..4 {
-                acc[r] = _mm512_fmadd_ps(gx.decoded::<TWO>(wl[r], wh[r]), sc[r], acc[r]);
-            }
-        }
+        dot4_group::<TWO, M>(xs, &blocks, &scales, Some(g), &mut acc);
     }
-    let t = nb % 4;
-    if t > 0 {
-        let mut wl = [_mm512_setzero_si512(); 4];
-        let mut wh = [_mm512_setzero_si512(); 4];
-        let mut sc = [_mm512_setzero_ps(); 4];
-        for r in 0..4 {
-            (wl[r], wh[r]) = int_codes(tail_codes(blocks[r].as_ptr().add(groups * 4 * BLOCK_BYTES), t));
-            sc[r] = table_scales(scales[r].as_ptr().add(groups * 4), t);
-        }
-        for (x, acc) in xs.iter().zip(acc.iter_mut()) {
-            let gx = GroupX::tail::<TWO>(x, nb);
-            for r in 0..4 {
-                acc[r] = _mm512_fmadd_ps(gx.decoded::<TWO>(wl[r], wh[r]), sc[r], acc[r]);
-            }
-        }
+    if nb % 4 > 0 {
+        dot4_group::<TWO, M>(xs, &blocks, &scales, None, &mut acc);
     }
     let mut out = [[0f32; 4]; M];
     for i in 0..M {
@@ -503,6 +478,43 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
         }
     }
     out
+}
+
+/// One group of `mxfp4_dot4_int8`: full group `g`, or with None the zero-padded group of
+/// the blocks past the last full one. The four rows' codes are decoded once, then
+/// summed against each activation row into `acc`. Inlined into each call site, where
+/// `g` is known to be Some or None.
+#[inline(always)]
+unsafe fn dot4_group<const TWO: bool, const M: usize>(
+    xs: &[&super::quant::QRow; M],
+    blocks: &[&[u8]; 4],
+    scales: &[&[u8]; 4],
+    g: Option<usize>,
+    acc: &mut [[__m512; 4]; M],
+) {
+    let nb = scales[0].len();
+    let (first, t) = match g {
+        Some(g) => (g * 4, 4),
+        None => (nb / 4 * 4, nb % 4),
+    };
+    let mut wl = [_mm512_setzero_si512(); 4];
+    let mut wh = [_mm512_setzero_si512(); 4];
+    let mut sc = [_mm512_setzero_ps(); 4];
+    for r in 0..4 {
+        let (bp, sp) = (blocks[r].as_ptr().add(first * BLOCK_BYTES), scales[r].as_ptr().add(first));
+        let codes = if g.is_some() { _mm512_loadu_si512(bp as *const __m512i) } else { tail_codes(bp, t) };
+        (wl[r], wh[r]) = int_codes(codes);
+        sc[r] = if g.is_some() { group_scales(sp) } else { table_scales(sp, t) };
+    }
+    for (x, acc) in xs.iter().zip(acc.iter_mut()) {
+        let gx = match g {
+            Some(g) => GroupX::load::<TWO>(x, g),
+            None => GroupX::tail::<TWO>(x, nb),
+        };
+        for r in 0..4 {
+            acc[r] = _mm512_fmadd_ps(gx.decoded::<TWO>(wl[r], wh[r]), sc[r], acc[r]);
+        }
+    }
 }
 
 /// Consecutive rows per call of `mxfp4_rows_int8`.
