@@ -2,7 +2,8 @@
 """Aggregate decode tok/s of B sessions advanced together by `model.step`, as a ratio to
 one session decoding alone, measured in the same process (alternating, medians).
 
-    python bench/batched_decode.py MODEL [--sessions 8] [--tokens 16] [--reps 3] [--threads 2] [--generations]
+    python bench/batched_decode.py MODEL [--sessions 8] [--tokens 16] [--reps 3] [--threads 2]
+        [--precision auto|f32|q8] [--generations]
 
 With --generations it also times what the server does with B concurrent requests: B
 greedy generations, each in its own thread, through a `StepBatcher` (one pass per token
@@ -59,9 +60,10 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--precision", default="auto", choices=["auto", "f32", "q8"])
     ap.add_argument("--generations", action="store_true", help="also time concurrent generations (the server's case)")
     a = ap.parse_args()
-    m = gn.load(a.model, threads=a.threads, max_context=1024)
+    m = gn.load(a.model, threads=a.threads, max_context=1024, precision=a.precision)
     rng = np.random.default_rng(0)
     single, batched, gen_batched, gen_alone = [], [], [], []
     for rep in range(a.reps):
@@ -90,7 +92,7 @@ def main() -> int:
                   f"each on its own {gen_alone[-1]:.2f} tok/s aggregate")
     s1, sb = statistics.median(single), statistics.median(batched)
     print(f"single session: {s1:.2f} tok/s; {a.sessions} sessions batched: {sb:.2f} tok/s aggregate "
-          f"({sb / s1:.2f}x); threads {m.threads}; peak RSS {memory_report()['peak_rss_gb']:.2f} GB")
+          f"({sb / s1:.2f}x); precision {a.precision}; threads {m.threads}; peak RSS {memory_report()['peak_rss_gb']:.2f} GB")
     if a.generations:
         gb, ga = statistics.median(gen_batched), statistics.median(gen_alone)
         print(f"{a.sessions} concurrent generations: through the batcher {gb:.2f} tok/s aggregate ({gb / s1:.2f}x "

@@ -662,6 +662,62 @@ pub unsafe fn bf16_tile(x: [&[f32]; 4], w: [&[u8]; 4], n: usize) -> [[f32; 4]; 4
     out
 }
 
+/// 4x4 tile of dot products straight from Q8 rows (each 16 codes widened, unbiased and
+/// scaled in registers: no decoded copy), f32 activations in natural order: the bits of
+/// `f32_tile` on the rows `q8::dequantize_row` decodes (the same products, summed in the
+/// same order). Batched decode's attention and lm_head under `precision="q8"`.
+///
+/// # Safety
+/// avx512f/bw/vl; n % 32 == 0, each x row holds n values, each `codes[j]` n bytes and
+/// each `scales[j]` n / 32 words.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn q8_tile(x: [&[f32]; 4], codes: [&[u8]; 4], scales: [&[u16]; 4], n: usize) -> [[f32; 4]; 4] {
+    debug_assert!(n % BLOCK == 0);
+    for i in 0..4 {
+        debug_assert!(x[i].len() >= n && codes[i].len() >= n && scales[i].len() >= n / BLOCK);
+    }
+    let bias = _mm512_set1_epi32(128);
+    // (q - 128) * d for 16 codes at p, as `q8::dequantize_row` computes it.
+    let decode = |p: *const u8, d: __m512| {
+        let q = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i)), bias);
+        _mm512_mul_ps(_mm512_cvtepi32_ps(q), d)
+    };
+    let mut total = [[_mm512_setzero_ps(); 4]; 4];
+    let mut k = 0;
+    while k < n {
+        // Partial sums over 256 values, then added into `total`, as `f32_tile`.
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        let end = (k + 256).min(n);
+        while k < end {
+            // The next call's rows (the four below: consecutive in the tensor) into L2,
+            // as `bf16_tile` does.
+            if k % 64 == 0 {
+                for c in &codes {
+                    _mm_prefetch::<_MM_HINT_T1>(c.as_ptr().wrapping_add(k + 4 * n) as *const i8);
+                }
+            }
+            // One block: 32 values, 16 at a time into each accumulator.
+            let xv = [0, 1, 2, 3]
+                .map(|i| (_mm512_loadu_ps(x[i].as_ptr().add(k)), _mm512_loadu_ps(x[i].as_ptr().add(k + 16))));
+            for j in 0..4 {
+                let d = _mm512_set1_ps(crate::q8::scale(*scales[j].get_unchecked(k / BLOCK)));
+                let (w0, w1) = (decode(codes[j].as_ptr().add(k), d), decode(codes[j].as_ptr().add(k + 16), d));
+                for i in 0..4 {
+                    acc[i][j] = _mm512_fmadd_ps(xv[i].0, w0, acc[i][j]);
+                    acc[i][j] = _mm512_fmadd_ps(xv[i].1, w1, acc[i][j]);
+                }
+            }
+            k += BLOCK;
+        }
+        for i in 0..4 {
+            for j in 0..4 {
+                total[i][j] = _mm512_add_ps(total[i][j], acc[i][j]);
+            }
+        }
+    }
+    total.map(|row| row.map(|a| hsum(a)))
+}
+
 /// Q8 weights with VNNI: four rows against one quantized activation row (`Lanes`
 /// order). 64 code bytes (two blocks) per step: `vpdpbusd` sums biased-code x q
 /// products exactly into 16 dword lanes (8 per block), starting from the two blocks'

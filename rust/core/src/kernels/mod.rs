@@ -606,7 +606,7 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
     // 97%).
     let streamed = |ji: usize| match job_scratch[ji].path {
         Path::Gemv | Path::QuantGemv => true,
-        Path::Tiles => isa == Isa::Avx512 && matches!(jobs[ji].w, Weight::Bf16 { .. }),
+        Path::Tiles => isa == Isa::Avx512 && matches!(jobs[ji].w, Weight::Bf16 { .. } | Weight::Q8 { .. }),
         _ => false,
     };
     if (0..jobs.len()).all(streamed) {
@@ -948,17 +948,26 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
     }
     let xrow = |i: usize| &p.xs[i.min(m - 1) * n..(i.min(m - 1) + 1) * n];
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && matches!(w, Weight::Bf16 { .. }) {
-        // bf16 rows widen in registers: no decoded copy to write and read back. Weight
-        // rows outer: four rows (4 x 2n bytes) stay in L1/L2 for every group of four x
-        // rows, so each weight byte comes from memory once (x rows outer streamed the
-        // task's rows from memory once per group: twice for 8 batched tokens).
+    if isa == Isa::Avx512 && matches!(w, Weight::Bf16 { .. } | Weight::Q8 { .. }) {
+        // bf16 and Q8 rows widen in registers: no decoded copy to write and read back.
+        // Weight rows outer: four rows (4 x 2n or 4 x n bytes) stay in L1/L2 for every
+        // group of four x rows, so each weight byte comes from memory once (x rows outer
+        // streamed the task's rows from memory once per group: twice for 8 batched tokens).
         for r in (r0..r1).step_by(4) {
-            let wt = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)].map(|r| w.bf16_row(r));
+            let wr = [r, (r + 1).min(r1 - 1), (r + 2).min(r1 - 1), (r + 3).min(r1 - 1)];
             for i in (0..m).step_by(4) {
                 let xt = [xrow(i), xrow(i + 1), xrow(i + 2), xrow(i + 3)];
-                // SAFETY: the path was selected for this CPU; rows hold n values / 2n bytes.
-                let d = unsafe { avx512::bf16_tile(xt, wt, n) };
+                // SAFETY: the path was selected for this CPU; x rows hold n values, bf16
+                // rows 2n bytes, Q8 rows n codes and n / 32 scales (n % 32 == 0).
+                let d = unsafe {
+                    match w {
+                        Weight::Q8 { .. } => {
+                            let rows = wr.map(|r| w.q8_row(r));
+                            avx512::q8_tile(xt, rows.map(|p| p.0), rows.map(|p| p.1), n)
+                        }
+                        _ => avx512::bf16_tile(xt, wr.map(|r| w.bf16_row(r)), n),
+                    }
+                };
                 for a in 0..(m - i).min(4) {
                     for b in 0..(r1 - r).min(4) {
                         write(i + a, r + b, d[a][b]);

@@ -756,3 +756,47 @@ fn mxfp4_int_gemv_of_zero_weights_is_zero() {
         }
     }
 }
+
+/// `avx512::q8_tile` (batched decode's Q8 attention and lm_head) decodes its rows in
+/// registers: it must give the bits of `f32_tile` on the rows `q8::dequantize_row`
+/// decodes, which the Tiles path took before. Rows of 1 block, of a 256-value chunk and
+/// a tail, of 2880 values; weights from 1e-30 to 1e30 and some rows all zero.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn q8_tile_matches_f32_tile_on_decoded_rows_bit_for_bit() {
+    if !Isa::available().contains(&Isa::Avx512) {
+        return; // the kernel cannot run on this CPU
+    }
+    let mut rng = Rng(47);
+    for n in [32, 288, 544, 2880] {
+        for magnitude in [1e-30f32, 1.0, 1e30] {
+            let wsrc: Vec<f32> = (0..4 * n)
+                .map(|k| if k / n == 2 && magnitude == 1.0 { 0.0 } else { rng.uniform() * magnitude })
+                .collect();
+            let data: Vec<u8> = wsrc.iter().flat_map(|&v| crate::bf16::from_f32(v).to_le_bytes()).collect();
+            let q = crate::q8::Q8Matrix::from_bf16(&data, 4, n);
+            let mut dec = vec![0f32; 4 * n];
+            for r in 0..4 {
+                crate::q8::dequantize_row(
+                    &q.codes[r * n..(r + 1) * n],
+                    &q.scales[r * n / 32..(r + 1) * n / 32],
+                    &mut dec[r * n..(r + 1) * n],
+                );
+            }
+            let x: Vec<f32> = (0..4 * n).map(|_| rng.uniform() * 3.0).collect();
+            let xt = [0, 1, 2, 3].map(|i| &x[i * n..(i + 1) * n]);
+            let codes = [0, 1, 2, 3].map(|r| &q.codes[r * n..(r + 1) * n]);
+            let scales = [0, 1, 2, 3].map(|r| &q.scales[r * n / 32..(r + 1) * n / 32]);
+            // SAFETY: AVX-512 checked above; rows of n values, n codes and n / 32 scales.
+            let (got, want) = unsafe {
+                (
+                    avx512::q8_tile(xt, codes, scales, n),
+                    avx512::f32_tile(xt, [0, 1, 2, 3].map(|r| &dec[r * n..(r + 1) * n]), n),
+                )
+            };
+            let flat = |t: [[f32; 4]; 4]| t.iter().flatten().copied().collect::<Vec<f32>>();
+            assert_eq!(bits(&flat(got)), bits(&flat(want)), "n {n}, weights ~{magnitude}");
+            assert!(flat(got).iter().all(|v| v.is_finite()));
+        }
+    }
+}
