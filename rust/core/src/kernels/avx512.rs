@@ -13,7 +13,7 @@
 //! `Split` layout and widening needs no shuffle.
 
 use super::layout::PLANE_GROUP;
-use crate::mxfp4::{BLOCK, BLOCK_BYTES, E2M1, E8M0};
+use crate::mxfp4::{has_special_scale, BLOCK, BLOCK_BYTES, E2M1, E8M0};
 use std::arch::x86_64::*;
 
 /// Prefetch distance of streamed MXFP4 weight rows, in bytes (tuned with bench/gemv.rs,
@@ -32,14 +32,6 @@ const Q8_PREFETCH: usize = 8192;
 #[inline(always)]
 unsafe fn hsum(v: __m512) -> f32 {
     _mm512_reduce_add_ps(v)
-}
-
-/// Whether any of the four scale bytes is 0 or 255 (the two without a plain `b << 23`
-/// f32 encoding).
-#[inline(always)]
-fn has_special_scale(s4: u32) -> bool {
-    let has_zero = |v: u32| v.wrapping_sub(0x0101_0101) & !v & 0x8080_8080 != 0;
-    has_zero(s4) || has_zero(!s4)
 }
 
 /// The four scales of a group as [s0 x4, s1 x4, s2 x4, s3 x4] (one per 128-bit lane).

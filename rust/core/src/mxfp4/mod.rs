@@ -42,6 +42,15 @@ pub static E8M0: [f32; 256] = {
     t
 };
 
+/// Whether any of four scale bytes (packed little-endian in `s4`) is 0 or 255, the two
+/// without a plain `b << 23` f32 encoding (the SIMD kernels build the others' scales
+/// by that shift).
+#[inline(always)]
+pub fn has_special_scale(s4: u32) -> bool {
+    let has_zero = |v: u32| v.wrapping_sub(0x0101_0101) & !v & 0x8080_8080 != 0;
+    has_zero(s4) || has_zero(!s4)
+}
+
 /// Dequantize `blocks` [rows*nb*16] with `scales` [rows*nb] into `out` [rows*nb*32],
 /// exactly as the reference does: value = E2M1[code] * 2^(scale - 127) in f32.
 pub fn dequantize(blocks: &[u8], scales: &[u8], out: &mut [f32]) {
