@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """gptoss-native against llama.cpp on the same random-weight gpt-oss-20b, on this machine.
 
-    python bench/compare_llamacpp.py [--workdir DIR] [--threads 2] [--reps 3] [--q8] [--depth4096]
+    python bench/compare_llamacpp.py [--workdir DIR] [--threads 2] [--reps 3] [--q8] [--depth4096] [--avx2]
 
 Steps (each skipped when its output already exists in --workdir):
   1. build llama.cpp's CPU tools (llama-bench) from the llama-cpp-python 0.3.36 sdist on PyPI
@@ -14,6 +14,10 @@ Steps (each skipped when its output already exists in --workdir):
      compared with our opt-in `--precision q8` (attention and lm_head in int8);
   4. run llama-bench and `gptoss-native bench` alternately, reading each model file into the
      page cache before each timed run, and print every figure and the ratio ours / llama.cpp.
+
+With --avx2 both engines run their AVX2 kernels, as on a CPU without AVX-512: llama.cpp
+built a second time with GGML_NATIVE=OFF, AVX2/FMA/F16C/BMI2 on and AVX-512 off (in
+build-avx2), ours with GPTOSS_NATIVE_KERNELS=avx2.
 
 Nothing is written outside --workdir (default: ./llamacpp-compare, about 28 GB; never commit it).
 """
@@ -40,9 +44,17 @@ def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], check=True, **kw)
 
 
-def build_llama(work: Path) -> Path:
+# llama.cpp's CMake flags for each build: the machine's own ISA, or AVX2 without AVX-512.
+LLAMA_FLAGS = {
+    "build": ["-DGGML_NATIVE=ON"],
+    "build-avx2": ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
+                   "-DGGML_BMI2=ON", "-DGGML_AVX512=OFF"],
+}
+
+
+def build_llama(work: Path, build: str) -> Path:
     src = work / f"llama_cpp_python-{LLAMA_VERSION}" / "vendor" / "llama.cpp"
-    bench = src / "build" / "bin" / "llama-bench"
+    bench = src / build / "bin" / "llama-bench"
     if bench.is_file():
         return src
     if shutil.which("cmake") is None:
@@ -53,11 +65,12 @@ def build_llama(work: Path) -> Path:
         sh([sys.executable, "-m", "pip", "install", "-q", "scikit-build-core"])
         sh([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
             f"llama-cpp-python=={LLAMA_VERSION}", "-d", work])
-    with tarfile.open(sdist) as t:
-        t.extractall(work, filter="data")
-    sh(["cmake", "-S", src, "-B", src / "build", "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
+    if not src.is_dir():
+        with tarfile.open(sdist) as t:
+            t.extractall(work, filter="data")
+    sh(["cmake", "-S", src, "-B", src / build, "-DCMAKE_BUILD_TYPE=Release", *LLAMA_FLAGS[build],
         "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF"])
-    sh(["cmake", "--build", src / "build", "--target", "llama-bench", f"-j{os.cpu_count() or 2}"])
+    sh(["cmake", "--build", src / build, "--target", "llama-bench", f"-j{os.cpu_count() or 2}"])
     return src
 
 
@@ -96,8 +109,8 @@ def warm(path: Path) -> None:
                 pass
 
 
-def run_llama(src: Path, gguf: Path, threads: int, depth: int | None) -> dict:
-    bench = src / "build" / "bin" / "llama-bench"
+def run_llama(src: Path, build: str, gguf: Path, threads: int, depth: int | None) -> dict:
+    bench = src / build / "bin" / "llama-bench"
     # One repetition per call: the repetitions come from the alternating outer loop.
     cmd = [bench, "-m", gguf, "-t", str(threads), "-r", "1", "-o", "json"]
     cmd += ["-p", "0", "-n", "32", "-d", str(depth)] if depth else ["-p", "512", "-n", "128"]
@@ -114,12 +127,13 @@ def run_llama(src: Path, gguf: Path, threads: int, depth: int | None) -> dict:
     return out
 
 
-def run_ours(model: Path, threads: int, depth: int | None, precision: str) -> dict:
+def run_ours(model: Path, threads: int, depth: int | None, precision: str, avx2: bool) -> dict:
     cmd = [sys.executable, "-m", "gptoss_native", "bench", model, "--threads", str(threads), "--json",
            "--precision", precision]
     cmd += ["--prompt-tokens", "0", "--new-tokens", "0", "--depth", str(depth), "--depth-tokens", "32"] if depth else \
         ["--prompt-tokens", "512", "--new-tokens", "128", "--depth", "1024", "--depth-tokens", "32"]
-    r = sh(cmd, capture_output=True, text=True)
+    env = {**os.environ, "GPTOSS_NATIVE_KERNELS": "avx2"} if avx2 else None
+    r = sh(cmd, capture_output=True, text=True, env=env)
     res = json.loads(r.stdout)
     out = {k.replace("_tok_s", ""): v for k, v in res.items() if k.endswith("_tok_s")}
     for k in ("peak_rss_gb", "anonymous_gb", "load_s", "read_bandwidth_gb_s", "tg_fraction_of_bandwidth"):
@@ -135,11 +149,13 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--q8", action="store_true", help="compare with conversion B (--outtype q8_0) instead of A")
     ap.add_argument("--depth4096", action="store_true", help="also tg32 at depth 4096 (minutes per run)")
+    ap.add_argument("--avx2", action="store_true", help="both engines on their AVX2 kernels (a CPU without AVX-512)")
     args = ap.parse_args()
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
 
-    src = build_llama(work)
+    build = "build-avx2" if args.avx2 else "build"
+    src = build_llama(work, build)
     model = synth_model(work)
     gguf = convert(work, src, model, args.q8)
 
@@ -150,16 +166,17 @@ def main() -> int:
         for depth in depths:
             # Alternate the engines; each file is read into the page cache before its run.
             warm(gguf)
-            for k, v in run_llama(src, gguf, args.threads, depth).items():
+            for k, v in run_llama(src, build, gguf, args.threads, depth).items():
                 theirs.setdefault(k, []).append(v)
             warm(model)
-            for k, v in run_ours(model, args.threads, depth, "q8" if args.q8 else "auto").items():
+            for k, v in run_ours(model, args.threads, depth, "q8" if args.q8 else "auto", args.avx2).items():
                 ours.setdefault(k, []).append(v)
         print(f"rep {rep + 1}/{args.reps}: llama.cpp {theirs}\n  ours {ours}", flush=True)
 
     med = lambda d: {k: statistics.median(v) for k, v in d.items()}  # noqa: E731
     a, b = med(ours), med(theirs)
     label = "B (q8_0) vs our --precision q8" if args.q8 else "A (default) vs our default (auto)"
+    label += ", both on AVX2 kernels" if args.avx2 else ""
     print(f"\ngpt-oss-20b synthetic, {args.threads} threads, medians of {args.reps} alternating runs; llama.cpp {label}")
     print(f"{'figure':<24}{'gptoss-native':>15}{'llama.cpp':>12}{'ratio':>8}")
     for key in sorted(set(a) | set(b)):

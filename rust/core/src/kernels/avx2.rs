@@ -305,10 +305,12 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool>(
 }
 
 /// Q8 weights with AVX2: four rows against one quantized activation row (natural
-/// order). Per block: the codes unbiased to s8 (`xor 0x80`), `vpsignb` moves q's sign
-/// onto them so that `vpmaddubsw` takes |q| as the unsigned side (pairs at most
-/// 2*127*127: no i16 saturation), `vpmaddwd` to i32 and a horizontal sum; the float
-/// steps are then those of the scalar twin.
+/// order), one row after another. Per block: the codes unbiased to s8 (`xor 0x80`),
+/// `vpsignb` moves q's sign onto them so that `vpmaddubsw` takes |q| as the unsigned
+/// side (codes 1-255 are -127..127 unbiased, so the sign never overflows; pairs at most
+/// 2*127*127: no i16 saturation), `vpmaddwd` sums the words into 8 exact dword lanes,
+/// which are converted, combined with the second limb's and scaled by the block's
+/// 2 * d/2 * weight scale into a vector accumulator (no horizontal sum per block).
 ///
 /// # Safety
 /// avx2/fma; `x` quantized in `Natural` order, n = 32 * nb; each `codes[r].len() >= 32 * nb`.
@@ -320,7 +322,7 @@ pub unsafe fn q8_dot4_int8<const TWO: bool>(
 ) -> [f32; 4] {
     use super::quant::LIMB2;
     let nb = scales[0].len();
-    debug_assert!(x.q.len() >= nb * BLOCK);
+    debug_assert!(x.q.len() >= nb * BLOCK && x.half_d.len() >= nb);
     for r in 0..4 {
         debug_assert!(codes[r].len() >= nb * BLOCK && scales[r].len() >= nb);
     }
@@ -329,25 +331,22 @@ pub unsafe fn q8_dot4_int8<const TWO: bool>(
     let mut out = [0f32; 4];
     for r in 0..4 {
         let cp = codes[r].as_ptr();
-        let mut acc = 0f32;
+        let mut acc = _mm256_setzero_ps();
         for b in 0..nb {
             let w = _mm256_xor_si256(_mm256_loadu_si256(cp.add(b * BLOCK) as *const __m256i), bias);
-            let limb = |q: *const i8| {
-                let q = _mm256_loadu_si256(q.add(b * BLOCK) as *const __m256i);
-                let p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(w, q));
-                let p32 = _mm256_madd_epi16(p16, ones);
-                let s4 = _mm_add_epi32(_mm256_castsi256_si128(p32), _mm256_extracti128_si256::<1>(p32));
-                let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
-                let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b10_11_00_01>(s4));
-                _mm_cvtsi128_si32(s4)
+            let limb = |q: &[i8]| {
+                let q = _mm256_loadu_si256(q.as_ptr().add(b * BLOCK) as *const __m256i);
+                let words = _mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(w, q));
+                _mm256_cvtepi32_ps(_mm256_madd_epi16(words, ones))
             };
-            let mut v = limb(x.q.as_ptr()) as f32;
+            let mut f = limb(x.q);
             if TWO {
-                v += limb(x.q2.as_ptr()) as f32 * LIMB2;
+                f = _mm256_fmadd_ps(limb(x.q2), _mm256_set1_ps(LIMB2), f);
             }
-            acc += v * (2.0 * x.half_d[b]) * crate::q8::scale(scales[r][b]);
+            let s = 2.0 * *x.half_d.get_unchecked(b) * crate::q8::scale(*scales[r].get_unchecked(b));
+            acc = _mm256_fmadd_ps(f, _mm256_set1_ps(s), acc);
         }
-        out[r] = acc;
+        out[r] = hsum(acc);
     }
     out
 }
