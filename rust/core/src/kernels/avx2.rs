@@ -149,13 +149,17 @@ pub unsafe fn bf16_decode(row: &[u8], out: &mut [f32]) {
     crate::bf16::widen(&row[2 * k..2 * n], &mut out[k..]);
 }
 
-/// 4x4 tile of dot products over the first `n` elements (two 4x2 passes: 16 ymm
-/// registers cannot hold 16 accumulators plus the loads).
-///
-/// # Safety
-/// avx2/fma; every slice holds at least `n` elements.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4] {
+/// The 4x4 tile of dot products over the first `n` elements, for any weight format:
+/// `w8(j, k)` gives weight row j's values k..k+8 as f32, `w1(j, k)` its value k (the
+/// fewer than 8 past the last full 8). Two 4x2 passes: 16 ymm registers cannot hold 16
+/// accumulators plus the loads.
+#[inline(always)]
+unsafe fn tile4x4(
+    x: [&[f32]; 4],
+    n: usize,
+    w8: impl Fn(usize, usize) -> __m256,
+    w1: impl Fn(usize, usize) -> f32,
+) -> [[f32; 4]; 4] {
     let mut out = [[0f32; 4]; 4];
     let n8 = n & !7;
     for jp in [0usize, 2] {
@@ -167,12 +171,11 @@ pub unsafe fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4
             let mut part = [[_mm256_setzero_ps(); 2]; 4];
             let end = (k + 256).min(n8);
             while k < end {
-                let w0 = _mm256_loadu_ps(w[jp].as_ptr().add(k));
-                let w1 = _mm256_loadu_ps(w[jp + 1].as_ptr().add(k));
+                let (w0, w1v) = (w8(jp, k), w8(jp + 1, k));
                 for i in 0..4 {
                     let xv = _mm256_loadu_ps(x[i].as_ptr().add(k));
                     part[i][0] = _mm256_fmadd_ps(xv, w0, part[i][0]);
-                    part[i][1] = _mm256_fmadd_ps(xv, w1, part[i][1]);
+                    part[i][1] = _mm256_fmadd_ps(xv, w1v, part[i][1]);
                 }
                 k += 8;
             }
@@ -186,13 +189,60 @@ pub unsafe fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4
             for j in 0..2 {
                 let mut s = hsum(acc[i][j]);
                 for kk in n8..n {
-                    s += x[i][kk] * w[jp + j][kk];
+                    s += x[i][kk] * w1(jp + j, kk);
                 }
                 out[i][jp + j] = s;
             }
         }
     }
     out
+}
+
+/// 4x4 tile of dot products over the first `n` elements of f32 rows.
+///
+/// # Safety
+/// avx2/fma; every slice holds at least `n` elements.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4] {
+    for i in 0..4 {
+        debug_assert!(x[i].len() >= n && w[i].len() >= n);
+    }
+    tile4x4(x, n, |j, k| _mm256_loadu_ps(w[j].as_ptr().add(k)), |j, k| w[j][k])
+}
+
+/// `f32_tile` straight from bf16 rows, widened in registers (no decoded copy): the
+/// same bits as `f32_tile` on the rows `bf16_decode` gives. Batched decode's attention
+/// and lm_head.
+///
+/// # Safety
+/// avx2/fma; each x row holds n values and each weight row 2n bytes.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn bf16_tile(x: [&[f32]; 4], w: [&[u8]; 4], n: usize) -> [[f32; 4]; 4] {
+    for i in 0..4 {
+        debug_assert!(x[i].len() >= n && w[i].len() >= 2 * n);
+    }
+    tile4x4(x, n, |j, k| widen8(w[j].as_ptr().add(2 * k)), |j, k| crate::bf16::to_f32(w[j][2 * k], w[j][2 * k + 1]))
+}
+
+/// `f32_tile` straight from Q8 rows (codes unbiased, converted and scaled in
+/// registers): the same bits as `f32_tile` on the rows `q8::dequantize_row` gives.
+///
+/// # Safety
+/// avx2/fma; n % 32 == 0, each x row holds n values, each `codes[j]` n bytes and each
+/// `scales[j]` n / 32 words.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn q8_tile(x: [&[f32]; 4], codes: [&[u8]; 4], scales: [&[u16]; 4], n: usize) -> [[f32; 4]; 4] {
+    debug_assert!(n % BLOCK == 0);
+    for i in 0..4 {
+        debug_assert!(x[i].len() >= n && codes[i].len() >= n && scales[i].len() >= n / BLOCK);
+    }
+    let bias = _mm256_set1_epi32(128);
+    let w8 = |j: usize, k: usize| {
+        let c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(codes[j].as_ptr().add(k) as *const __m128i));
+        let d = crate::q8::scale(*scales[j].get_unchecked(k / BLOCK));
+        _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(c, bias)), _mm256_set1_ps(d))
+    };
+    tile4x4(x, n, w8, |_, _| unreachable!("Q8 rows are whole blocks"))
 }
 
 /// A group's four scales as two halves, [s0 x4, s1 x4] and [s2 x4, s3 x4] (one per

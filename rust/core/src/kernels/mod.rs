@@ -606,7 +606,9 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
     // 97%).
     let streamed = |ji: usize| match job_scratch[ji].path {
         Path::Gemv | Path::QuantGemv => true,
-        Path::Tiles => isa == Isa::Avx512 && matches!(jobs[ji].w, Weight::Bf16 { .. } | Weight::Q8 { .. }),
+        Path::Tiles => {
+            matches!(isa, Isa::Avx512 | Isa::Avx2) && matches!(jobs[ji].w, Weight::Bf16 { .. } | Weight::Q8 { .. })
+        }
         _ => false,
     };
     if (0..jobs.len()).all(streamed) {
@@ -948,7 +950,7 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
     }
     let xrow = |i: usize| &p.xs[i.min(m - 1) * n..(i.min(m - 1) + 1) * n];
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && matches!(w, Weight::Bf16 { .. } | Weight::Q8 { .. }) {
+    if matches!(isa, Isa::Avx512 | Isa::Avx2) && matches!(w, Weight::Bf16 { .. } | Weight::Q8 { .. }) {
         // bf16 and Q8 rows widen in registers: no decoded copy to write and read back.
         // Weight rows outer: four rows (4 x 2n or 4 x n bytes) stay in L1/L2 for every
         // group of four x rows, so each weight byte comes from memory once (x rows outer
@@ -960,12 +962,17 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
                 // SAFETY: the path was selected for this CPU; x rows hold n values, bf16
                 // rows 2n bytes, Q8 rows n codes and n / 32 scales (n % 32 == 0).
                 let d = unsafe {
-                    match w {
-                        Weight::Q8 { .. } => {
+                    match (w, isa) {
+                        (Weight::Q8 { .. }, Isa::Avx512) => {
                             let rows = wr.map(|r| w.q8_row(r));
                             avx512::q8_tile(xt, rows.map(|p| p.0), rows.map(|p| p.1), n)
                         }
-                        _ => avx512::bf16_tile(xt, wr.map(|r| w.bf16_row(r)), n),
+                        (Weight::Q8 { .. }, _) => {
+                            let rows = wr.map(|r| w.q8_row(r));
+                            avx2::q8_tile(xt, rows.map(|p| p.0), rows.map(|p| p.1), n)
+                        }
+                        (_, Isa::Avx512) => avx512::bf16_tile(xt, wr.map(|r| w.bf16_row(r)), n),
+                        _ => avx2::bf16_tile(xt, wr.map(|r| w.bf16_row(r)), n),
                     }
                 };
                 for a in 0..(m - i).min(4) {

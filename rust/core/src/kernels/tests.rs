@@ -757,17 +757,17 @@ fn mxfp4_int_gemv_of_zero_weights_is_zero() {
     }
 }
 
-/// `avx512::q8_tile` (batched decode's Q8 attention and lm_head) decodes its rows in
-/// registers: it must give the bits of `f32_tile` on the rows `q8::dequantize_row`
-/// decodes, which the Tiles path took before. Rows of 1 block, of a 256-value chunk and
-/// a tail, of 2880 values; weights from 1e-30 to 1e30 and some rows all zero.
+/// The Q8 and bf16 tiles (batched decode's attention and lm_head) decode their rows in
+/// registers: each must give the bits of its ISA's `f32_tile` on the rows that
+/// `q8::dequantize_row` and `bf16_decode` decode, which the Tiles path took before (the
+/// AVX-512 bf16 tile reads x split, so it is checked by the matmul tests instead). Rows
+/// of 1 block, of a 256-value chunk and a tail, of 2880 values; weights from 1e-30 to
+/// 1e30 and a row all zero.
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn q8_tile_matches_f32_tile_on_decoded_rows_bit_for_bit() {
-    if !Isa::available().contains(&Isa::Avx512) {
-        return; // the kernel cannot run on this CPU
-    }
+fn register_tiles_match_f32_tile_on_decoded_rows_bit_for_bit() {
     let mut rng = Rng(47);
+    let flat = |t: [[f32; 4]; 4]| t.iter().flatten().copied().collect::<Vec<f32>>();
     for n in [32, 288, 544, 2880] {
         for magnitude in [1e-30f32, 1.0, 1e30] {
             let wsrc: Vec<f32> = (0..4 * n)
@@ -783,20 +783,29 @@ fn q8_tile_matches_f32_tile_on_decoded_rows_bit_for_bit() {
                     &mut dec[r * n..(r + 1) * n],
                 );
             }
+            let mut wide = vec![0f32; 4 * n];
+            crate::bf16::widen(&data, &mut wide);
             let x: Vec<f32> = (0..4 * n).map(|_| rng.uniform() * 3.0).collect();
             let xt = [0, 1, 2, 3].map(|i| &x[i * n..(i + 1) * n]);
             let codes = [0, 1, 2, 3].map(|r| &q.codes[r * n..(r + 1) * n]);
             let scales = [0, 1, 2, 3].map(|r| &q.scales[r * n / 32..(r + 1) * n / 32]);
-            // SAFETY: AVX-512 checked above; rows of n values, n codes and n / 32 scales.
-            let (got, want) = unsafe {
-                (
-                    avx512::q8_tile(xt, codes, scales, n),
-                    avx512::f32_tile(xt, [0, 1, 2, 3].map(|r| &dec[r * n..(r + 1) * n]), n),
-                )
-            };
-            let flat = |t: [[f32; 4]; 4]| t.iter().flatten().copied().collect::<Vec<f32>>();
-            assert_eq!(bits(&flat(got)), bits(&flat(want)), "n {n}, weights ~{magnitude}");
-            assert!(flat(got).iter().all(|v| v.is_finite()));
+            let bf16_rows = [0, 1, 2, 3].map(|r| &data[2 * r * n..2 * (r + 1) * n]);
+            let dec_rows = [0, 1, 2, 3].map(|r| &dec[r * n..(r + 1) * n]);
+            let wide_rows = [0, 1, 2, 3].map(|r| &wide[r * n..(r + 1) * n]);
+            let what = format!("n {n}, weights ~{magnitude}");
+            if Isa::available().contains(&Isa::Avx512) {
+                // SAFETY: AVX-512 checked; rows of n values, n codes and n / 32 scales.
+                let (got, want) = unsafe { (avx512::q8_tile(xt, codes, scales, n), avx512::f32_tile(xt, dec_rows, n)) };
+                assert_eq!(bits(&flat(got)), bits(&flat(want)), "avx512 q8, {what}");
+                assert!(flat(got).iter().all(|v| v.is_finite()));
+            }
+            if Isa::available().contains(&Isa::Avx2) {
+                // SAFETY: AVX2 checked; as above, bf16 rows of 2n bytes.
+                let (got, want) = unsafe { (avx2::q8_tile(xt, codes, scales, n), avx2::f32_tile(xt, dec_rows, n)) };
+                assert_eq!(bits(&flat(got)), bits(&flat(want)), "avx2 q8, {what}");
+                let (got, want) = unsafe { (avx2::bf16_tile(xt, bf16_rows, n), avx2::f32_tile(xt, wide_rows, n)) };
+                assert_eq!(bits(&flat(got)), bits(&flat(want)), "avx2 bf16, {what}");
+            }
         }
     }
 }
