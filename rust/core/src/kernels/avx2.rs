@@ -171,11 +171,11 @@ unsafe fn tile4x4(
             let mut part = [[_mm256_setzero_ps(); 2]; 4];
             let end = (k + 256).min(n8);
             while k < end {
-                let (w0, w1v) = (w8(jp, k), w8(jp + 1, k));
+                let (wa, wb) = (w8(jp, k), w8(jp + 1, k));
                 for i in 0..4 {
                     let xv = _mm256_loadu_ps(x[i].as_ptr().add(k));
-                    part[i][0] = _mm256_fmadd_ps(xv, w0, part[i][0]);
-                    part[i][1] = _mm256_fmadd_ps(xv, w1v, part[i][1]);
+                    part[i][0] = _mm256_fmadd_ps(xv, wa, part[i][0]);
+                    part[i][1] = _mm256_fmadd_ps(xv, wb, part[i][1]);
                 }
                 k += 8;
             }
