@@ -5,7 +5,8 @@
 //! dot product with each limb is an exact integer sum, scaled once by d/2 and the
 //! block's E8M0 scale.
 //!
-//! Error per element: |x - d q| <= d/2 = amax/254 (int8), amax/64516 (int16). A row's
+//! Error per element: |x - d q| <= d/2 = amax/254 (int8), amax/64516 (int16). The AVX2
+//! int16 kernel takes the limbs joined as one integer, 254 q + q2 (the same value). A row's
 //! result is off by at most sum_b (amax_b / 254 or / 64516) * sum_j |w_bj|, plus the f32
 //! rounding of the per-block sums.
 //!
@@ -55,6 +56,11 @@ pub struct QuantX {
     pub q2: Vec<i8>,
     pub corr2: Vec<i32>,
     pub lane_neg_corr2: Vec<i32>,
+    /// Grouped with two limbs, [rows, groups, 16]: the limbs joined as one integer
+    /// 254 q + q2 (the AVX2 kernel's form): each lane's -12 * (sum of its 8 joined
+    /// values), and its d/2 / 254.
+    pub lane_neg_corr_joint: Vec<i32>,
+    pub lane_half_d_joint: Vec<f32>,
 }
 
 /// One row's view.
@@ -67,6 +73,8 @@ pub struct QRow<'a> {
     pub q2: &'a [i8],
     pub corr2: &'a [i32],
     pub lane_neg_corr2: &'a [i32],
+    pub lane_neg_corr_joint: &'a [i32],
+    pub lane_half_d_joint: &'a [f32],
 }
 
 /// Blocks whose amax is below this (2^-100) quantize to zero: their scale d = amax/127
@@ -97,6 +105,8 @@ impl QuantX {
             q2: part(&self.q2, i, n),
             corr2: part(&self.corr2, i, nb),
             lane_neg_corr2: part(&self.lane_neg_corr2, i, ng),
+            lane_neg_corr_joint: part(&self.lane_neg_corr_joint, i, ng),
+            lane_half_d_joint: part(&self.lane_half_d_joint, i, ng),
         }
     }
 
@@ -120,6 +130,9 @@ impl QuantX {
         self.q2.resize(l2 * m * n, 0);
         self.corr2.resize(l2 * m * nb, 0);
         self.lane_neg_corr2.resize(l2 * lanes, 0);
+        let joint = if two_limbs && layout == QLayout::Grouped { lanes } else { 0 };
+        self.lane_neg_corr_joint.resize(joint, 0);
+        self.lane_half_d_joint.resize(joint, 0.0);
         let mut qb = [0i8; BLOCK];
         let mut qb2 = [0i8; BLOCK];
         for i in 0..m {
@@ -153,6 +166,13 @@ impl QuantX {
                 if layout == QLayout::Grouped && b < groups * 4 {
                     let first = i * groups * 16 + (b / 4) * 16 + (b % 4) * 4;
                     self.lane_half_d[first..first + 4].fill(self.half_d[i * nb + b]);
+                    if two_limbs {
+                        for l in first..first + 4 {
+                            // At most 254 * 12192 + 12192 in magnitude.
+                            self.lane_neg_corr_joint[l] = 254 * self.lane_neg_corr[l] + self.lane_neg_corr2[l];
+                        }
+                        self.lane_half_d_joint[first..first + 4].fill(self.half_d[i * nb + b] * LIMB2);
+                    }
                 }
             }
         }
