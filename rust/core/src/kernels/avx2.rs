@@ -289,16 +289,18 @@ unsafe fn group_scales(sp: *const u8) -> [__m256; 2] {
 /// avx2/fma; sizes as for `mxfp4_dot4`, `x` quantized in `Grouped` order (with `TWO`,
 /// two limbs and their joint lanes).
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn mxfp4_dot4_int8<const TWO: bool>(
-    x: &super::quant::QRow,
+pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
+    xs: &[&super::quant::QRow; M],
     blocks: [&[u8]; 4],
     scales: [&[u8]; 4],
-) -> [f32; 4] {
+) -> [[f32; 4]; M] {
     use super::quant::{LIMB2, W2_PLUS_12};
     let nb = scales[0].len();
     let groups = nb / 4;
-    debug_assert!(x.q.len() >= nb * BLOCK && x.lane_neg_corr.len() >= groups * 16);
-    debug_assert!(!TWO || (x.q2.len() >= nb * BLOCK && x.lane_neg_corr_joint.len() >= groups * 16));
+    for x in xs {
+        debug_assert!(x.q.len() >= nb * BLOCK && x.lane_neg_corr.len() >= groups * 16);
+        debug_assert!(!TWO || (x.q2.len() >= nb * BLOCK && x.lane_neg_corr_joint.len() >= groups * 16));
+    }
     for r in 0..4 {
         debug_assert!(blocks[r].len() >= nb * BLOCK_BYTES && scales[r].len() >= nb);
     }
@@ -313,58 +315,63 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool>(
         let xo = _mm256_loadu_si256(q.as_ptr().add(h + 64) as *const __m256i);
         _mm256_add_epi16(_mm256_maddubs_epi16(wl, xe), _mm256_maddubs_epi16(wh, xo))
     };
-    let mut out = [0f32; 4];
+    let mut out = [[0f32; 4]; M];
     for r in 0..4 {
         let row = blocks[r].as_ptr();
         let sp = scales[r].as_ptr();
-        let mut acc = _mm256_setzero_ps();
+        let mut acc = [_mm256_setzero_ps(); M];
         for g in 0..groups {
             let sc = group_scales(sp.add(4 * g));
             for (k, &s) in sc.iter().enumerate() {
+                // The half line's codes, decoded once for the M activation rows.
                 let v = _mm256_loadu_si256(row.add(g * 4 * BLOCK_BYTES + 32 * k) as *const __m256i);
                 let wl = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, nib));
                 let wh = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib));
                 let (h, l) = (g * 128 + 32 * k, g * 16 + 8 * k);
-                let lane = |c: &[i32]| _mm256_loadu_si256(c.as_ptr().add(l) as *const __m256i);
-                let f = if TWO {
-                    let both = _mm256_add_epi32(
-                        _mm256_madd_epi16(words(wl, wh, x.q, h), c254),
-                        _mm256_madd_epi16(words(wl, wh, x.q2, h), ones),
-                    );
-                    let f = _mm256_cvtepi32_ps(_mm256_add_epi32(both, lane(x.lane_neg_corr_joint)));
-                    _mm256_mul_ps(f, _mm256_loadu_ps(x.lane_half_d_joint.as_ptr().add(l)))
-                } else {
-                    let f = _mm256_cvtepi32_ps(_mm256_add_epi32(
-                        _mm256_madd_epi16(words(wl, wh, x.q, h), ones),
-                        lane(x.lane_neg_corr),
-                    ));
-                    _mm256_mul_ps(f, _mm256_loadu_ps(x.lane_half_d.as_ptr().add(l)))
+                for (x, acc) in xs.iter().zip(acc.iter_mut()) {
+                    let lane = |c: &[i32]| _mm256_loadu_si256(c.as_ptr().add(l) as *const __m256i);
+                    let f = if TWO {
+                        let both = _mm256_add_epi32(
+                            _mm256_madd_epi16(words(wl, wh, x.q, h), c254),
+                            _mm256_madd_epi16(words(wl, wh, x.q2, h), ones),
+                        );
+                        let f = _mm256_cvtepi32_ps(_mm256_add_epi32(both, lane(x.lane_neg_corr_joint)));
+                        _mm256_mul_ps(f, _mm256_loadu_ps(x.lane_half_d_joint.as_ptr().add(l)))
+                    } else {
+                        let f = _mm256_cvtepi32_ps(_mm256_add_epi32(
+                            _mm256_madd_epi16(words(wl, wh, x.q, h), ones),
+                            lane(x.lane_neg_corr),
+                        ));
+                        _mm256_mul_ps(f, _mm256_loadu_ps(x.lane_half_d.as_ptr().add(l)))
+                    };
+                    *acc = _mm256_fmadd_ps(f, s, *acc);
+                }
+            }
+        }
+        for (i, x) in xs.iter().enumerate() {
+            let mut total = hsum(acc[i]);
+            // Blocks past the last full group: 16 evens then 16 odds each.
+            for b in groups * 4..nb {
+                let v = _mm_loadu_si128(row.add(b * BLOCK_BYTES) as *const __m128i);
+                let both = _mm256_set_m128i(_mm_srli_epi16::<4>(v), v);
+                let w = _mm256_shuffle_epi8(lut, _mm256_and_si256(both, nib));
+                let limb = |q: &[i8], corr: i32| {
+                    let xq = _mm256_loadu_si256(q.as_ptr().add(b * BLOCK) as *const __m256i);
+                    let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xq), ones);
+                    // Exact integer block sum first: the +12 offset cancels only in integers.
+                    let s4 = _mm_add_epi32(_mm256_castsi256_si128(p32), _mm256_extracti128_si256::<1>(p32));
+                    let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
+                    let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b10_11_00_01>(s4));
+                    _mm_cvtsi128_si32(s4) - corr
                 };
-                acc = _mm256_fmadd_ps(f, s, acc);
+                let mut v = limb(x.q, x.corr[b]) as f32;
+                if TWO {
+                    v += limb(x.q2, x.corr2[b]) as f32 * LIMB2;
+                }
+                total += v * x.half_d[b] * E8M0[*sp.add(b) as usize];
             }
+            out[i][r] = total;
         }
-        let mut total = hsum(acc);
-        // Blocks past the last full group: 16 evens then 16 odds each.
-        for b in groups * 4..nb {
-            let v = _mm_loadu_si128(row.add(b * BLOCK_BYTES) as *const __m128i);
-            let both = _mm256_set_m128i(_mm_srli_epi16::<4>(v), v);
-            let w = _mm256_shuffle_epi8(lut, _mm256_and_si256(both, nib));
-            let limb = |q: &[i8], corr: i32| {
-                let xq = _mm256_loadu_si256(q.as_ptr().add(b * BLOCK) as *const __m256i);
-                let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xq), ones);
-                // Exact integer block sum first: the +12 offset cancels only in integers.
-                let s4 = _mm_add_epi32(_mm256_castsi256_si128(p32), _mm256_extracti128_si256::<1>(p32));
-                let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
-                let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b10_11_00_01>(s4));
-                _mm_cvtsi128_si32(s4) - corr
-            };
-            let mut v = limb(x.q, x.corr[b]) as f32;
-            if TWO {
-                v += limb(x.q2, x.corr2[b]) as f32 * LIMB2;
-            }
-            total += v * x.half_d[b] * E8M0[*sp.add(b) as usize];
-        }
-        out[r] = total;
     }
     out
 }

@@ -394,7 +394,7 @@ fn dot4_int8<const TWO: bool, const M: usize>(isa: Isa, xs: &[&QRow; M], w: &Wei
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if vnni() => unsafe { avx512::mxfp4_dot4_int8::<TWO, M>(xs, b, s) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx2 => xs.map(|x| unsafe { avx2::mxfp4_dot4_int8::<TWO>(x, b, s) }),
+        Isa::Avx512 | Isa::Avx2 => unsafe { avx2::mxfp4_dot4_int8::<TWO, M>(xs, b, s) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => xs.map(|x| unsafe { neon::mxfp4_dot4_int8::<TWO>(x, b, s) }),
         _ => xs.map(|x| generic::mxfp4_dot4_int8::<TWO>(x, b, s)),

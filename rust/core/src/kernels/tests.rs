@@ -157,6 +157,43 @@ fn bf16_gemv_row_results_do_not_depend_on_their_neighbours() {
     }
 }
 
+/// The int GEMVs give an activation row the same bits whether it comes alone or with
+/// up to three others (batched decode and prompt-lookup drafts put a token's expert
+/// rows into matmuls of 2-4 rows; decode alone, of one), on every path: the
+/// multi-row kernels decode each line of codes once, then sum each row as alone.
+#[test]
+fn int_gemv_rows_do_not_depend_on_the_other_activation_rows() {
+    let mut rng = Rng(44);
+    // 91 blocks: a tail past the last full group; 203 rows: rows past a row block.
+    let (rows, n) = (203, 91 * 32);
+    let (blocks, scales, _) = mxfp4_case(&mut rng, rows, n);
+    let w = Weight::mxfp4(&blocks, &scales, rows, n);
+    let x: Vec<f32> = (0..4 * n).map(|_| rng.uniform()).collect();
+    for isa in Isa::available() {
+        for precision in [Precision::Int8, Precision::Int16] {
+            let alone: Vec<Vec<f32>> = (0..4)
+                .map(|i| {
+                    let mut out = vec![0f32; rows];
+                    matmul(isa, precision, &x[i * n..(i + 1) * n], 1, &w, None, &mut out, &mut Scratch::default());
+                    out
+                })
+                .collect();
+            for m in 2..=4 {
+                let mut out = vec![0f32; m * rows];
+                matmul(isa, precision, &x[..m * n], m, &w, None, &mut out, &mut Scratch::default());
+                for i in 0..m {
+                    assert_eq!(
+                        bits(&out[i * rows..(i + 1) * rows]),
+                        bits(&alone[i]),
+                        "{} {precision:?}: row {i} of {m}",
+                        isa.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// A batch of GEMV jobs (decode's experts: one activation row for some, several for
 /// others, none for some) gives each job what `matmul` alone gives it, however the
 /// threads claim the rows (one, two or three threads; with mixed row counts half of
