@@ -66,6 +66,8 @@ pub struct Features {
     pub avx512vnni: bool,
     pub avx512bf16: bool,
     pub neon: bool,
+    /// aarch64 FEAT_DotProd (`sdot`), which the NEON int kernels take where present.
+    pub dotprod: bool,
 }
 
 pub fn features() -> Features {
@@ -81,11 +83,16 @@ pub fn features() -> Features {
             avx512vnni: is_x86_feature_detected!("avx512vnni"),
             avx512bf16: is_x86_feature_detected!("avx512bf16"),
             neon: false,
+            dotprod: false,
         }
     }
     #[cfg(target_arch = "aarch64")]
     {
-        Features { neon: std::arch::is_aarch64_feature_detected!("neon"), ..Default::default() }
+        Features {
+            neon: std::arch::is_aarch64_feature_detected!("neon"),
+            dotprod: std::arch::is_aarch64_feature_detected!("dotprod"),
+            ..Default::default()
+        }
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {

@@ -280,6 +280,7 @@ fn cpu_features(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         ("avx512_vnni", f.avx512vnni),
         ("avx512_bf16", f.avx512bf16),
         ("neon", f.neon),
+        ("dotprod", f.dotprod),
     ] {
         d.set_item(k, v)?;
     }

@@ -383,6 +383,8 @@ fn dot4_int8<const TWO: bool, const M: usize>(isa: Isa, xs: &[&QRow; M], w: &Wei
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 | Isa::Avx2 => unsafe { avx2::q8_dot4_int8::<TWO>(x, c, s) },
             #[cfg(target_arch = "aarch64")]
+            Isa::Neon if dotprod() => unsafe { neon::q8_dot4_int8_sdot::<TWO>(x, c, s) },
+            #[cfg(target_arch = "aarch64")]
             Isa::Neon => unsafe { neon::q8_dot4_int8::<TWO>(x, c, s) },
             _ => generic::q8_dot4_int8::<TWO>(x, c, s),
         });
@@ -395,6 +397,8 @@ fn dot4_int8<const TWO: bool, const M: usize>(isa: Isa, xs: &[&QRow; M], w: &Wei
         Isa::Avx512 if vnni() => unsafe { avx512::mxfp4_dot4_int8::<TWO, M>(xs, b, s) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Avx2 => unsafe { avx2::mxfp4_dot4_int8::<TWO, M>(xs, b, s) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon if dotprod() => xs.map(|x| unsafe { neon::mxfp4_dot4_int8_sdot::<TWO>(x, b, s) }),
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => xs.map(|x| unsafe { neon::mxfp4_dot4_int8::<TWO>(x, b, s) }),
         _ => xs.map(|x| generic::mxfp4_dot4_int8::<TWO>(x, b, s)),
@@ -416,6 +420,12 @@ fn interleaves_rows(isa: Isa) -> bool {
 #[cfg(target_arch = "x86_64")]
 fn vnni() -> bool {
     is_x86_feature_detected!("avx512vnni")
+}
+
+/// Whether the NEON int kernels can take `sdot` (cached by std; `cpu::features` reports it).
+#[cfg(target_arch = "aarch64")]
+pub(crate) fn dotprod() -> bool {
+    std::arch::is_aarch64_feature_detected!("dotprod")
 }
 
 /// The order `dot4_int8`'s kernel for this weight format reads quantized activations in.

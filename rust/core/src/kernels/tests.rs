@@ -194,6 +194,69 @@ fn int_gemv_rows_do_not_depend_on_the_other_activation_rows() {
     }
 }
 
+/// NEON's int GEMV kernels, with `sdot` and without, give their scalar twins' results bit
+/// for bit (MXFP4 and Q8 weights, one limb and two, a row length with a partial group).
+/// `matmul` takes `sdot` wherever the CPU has it, so this is where the plain NEON
+/// kernels run on such a CPU (CI's qemu has it).
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_int_kernels_with_and_without_sdot_match_their_scalar_twins() {
+    let mut rng = Rng(45);
+    let (nb, n) = (91, 91 * 32);
+    let (blocks, scales, _) = mxfp4_case(&mut rng, 4, n);
+    let b = [0, 1, 2, 3].map(|r| &blocks[r * nb * 16..(r + 1) * nb * 16]);
+    let s = [0, 1, 2, 3].map(|r| &scales[r * nb..(r + 1) * nb]);
+    let data: Vec<u8> = (0..4 * n).flat_map(|_| bf16_pair(rng.uniform()).0.to_le_bytes()).collect();
+    let q8 = crate::q8::Q8Matrix::from_bf16(&data, 4, n);
+    let c = [0, 1, 2, 3].map(|r| &q8.codes[r * n..(r + 1) * n]);
+    let cs = [0, 1, 2, 3].map(|r| &q8.scales[r * nb..(r + 1) * nb]);
+    let x: Vec<f32> = (0..n).map(|_| rng.uniform() * if rng.next_u64() % 7 == 0 { 50.0 } else { 1.0 }).collect();
+    for two in [false, true] {
+        let mut qx = quant::QuantX::default();
+        qx.quantize(Isa::Scalar, quant::QLayout::Natural, two, &x, 1, n);
+        let xr = qx.row(0);
+        // SAFETY: NEON is part of every aarch64 target; the sdot kernels only run where
+        // the CPU has dotprod. Sizes: 4 rows of nb blocks, x quantized from n values.
+        unsafe {
+            let (want, plain, sdot) = if two {
+                (
+                    generic::mxfp4_dot4_int8::<true>(&xr, b, s),
+                    neon::mxfp4_dot4_int8::<true>(&xr, b, s),
+                    dotprod().then(|| neon::mxfp4_dot4_int8_sdot::<true>(&xr, b, s)),
+                )
+            } else {
+                (
+                    generic::mxfp4_dot4_int8::<false>(&xr, b, s),
+                    neon::mxfp4_dot4_int8::<false>(&xr, b, s),
+                    dotprod().then(|| neon::mxfp4_dot4_int8_sdot::<false>(&xr, b, s)),
+                )
+            };
+            assert_eq!(bits(&plain), bits(&want), "mxfp4, two limbs {two}");
+            if let Some(sdot) = sdot {
+                assert_eq!(bits(&sdot), bits(&want), "mxfp4 sdot, two limbs {two}");
+            }
+            let (want, plain, sdot) = if two {
+                (
+                    generic::q8_dot4_int8::<true>(&xr, c, cs),
+                    neon::q8_dot4_int8::<true>(&xr, c, cs),
+                    dotprod().then(|| neon::q8_dot4_int8_sdot::<true>(&xr, c, cs)),
+                )
+            } else {
+                (
+                    generic::q8_dot4_int8::<false>(&xr, c, cs),
+                    neon::q8_dot4_int8::<false>(&xr, c, cs),
+                    dotprod().then(|| neon::q8_dot4_int8_sdot::<false>(&xr, c, cs)),
+                )
+            };
+            assert_eq!(bits(&plain), bits(&want), "q8, two limbs {two}");
+            if let Some(sdot) = sdot {
+                assert_eq!(bits(&sdot), bits(&want), "q8 sdot, two limbs {two}");
+            }
+        }
+    }
+    println!("dotprod: {}", dotprod());
+}
+
 /// A batch of GEMV jobs (decode's experts: one activation row for some, several for
 /// others, none for some) gives each job what `matmul` alone gives it, however the
 /// threads claim the rows (one, two or three threads; with mixed row counts half of
