@@ -211,49 +211,37 @@ fn neon_int_kernels_with_and_without_sdot_match_their_scalar_twins() {
     let c = [0, 1, 2, 3].map(|r| &q8.codes[r * n..(r + 1) * n]);
     let cs = [0, 1, 2, 3].map(|r| &q8.scales[r * nb..(r + 1) * nb]);
     let x: Vec<f32> = (0..n).map(|_| rng.uniform() * if rng.next_u64() % 7 == 0 { 50.0 } else { 1.0 }).collect();
-    for two in [false, true] {
+    fn check<const TWO: bool>(x: &[f32], b: [&[u8]; 4], s: [&[u8]; 4], c: [&[u8]; 4], cs: [&[u16]; 4]) {
         let mut qx = quant::QuantX::default();
-        qx.quantize(Isa::Scalar, quant::QLayout::Natural, two, &x, 1, n);
+        qx.quantize(Isa::Scalar, quant::QLayout::Natural, TWO, x, 1, x.len());
         let xr = qx.row(0);
         // SAFETY: NEON is part of every aarch64 target; the sdot kernels only run where
         // the CPU has dotprod. Sizes: 4 rows of nb blocks, x quantized from n values.
-        unsafe {
-            let (want, plain, sdot) = if two {
+        let kernels: [(&str, [f32; 4], [f32; 4], Option<[f32; 4]>); 2] = unsafe {
+            [
                 (
-                    generic::mxfp4_dot4_int8::<true>(&xr, b, s),
-                    neon::mxfp4_dot4_int8::<true>(&xr, b, s),
-                    dotprod().then(|| neon::mxfp4_dot4_int8_sdot::<true>(&xr, b, s)),
-                )
-            } else {
+                    "mxfp4",
+                    generic::mxfp4_dot4_int8::<TWO>(&xr, b, s),
+                    neon::mxfp4_dot4_int8::<TWO>(&xr, b, s),
+                    dotprod().then(|| neon::mxfp4_dot4_int8_sdot::<TWO>(&xr, b, s)),
+                ),
                 (
-                    generic::mxfp4_dot4_int8::<false>(&xr, b, s),
-                    neon::mxfp4_dot4_int8::<false>(&xr, b, s),
-                    dotprod().then(|| neon::mxfp4_dot4_int8_sdot::<false>(&xr, b, s)),
-                )
-            };
-            assert_eq!(bits(&plain), bits(&want), "mxfp4, two limbs {two}");
+                    "q8",
+                    generic::q8_dot4_int8::<TWO>(&xr, c, cs),
+                    neon::q8_dot4_int8::<TWO>(&xr, c, cs),
+                    dotprod().then(|| neon::q8_dot4_int8_sdot::<TWO>(&xr, c, cs)),
+                ),
+            ]
+        };
+        for (what, want, plain, sdot) in kernels {
+            assert_eq!(bits(&plain), bits(&want), "{what}, two limbs {TWO}");
             if let Some(sdot) = sdot {
-                assert_eq!(bits(&sdot), bits(&want), "mxfp4 sdot, two limbs {two}");
-            }
-            let (want, plain, sdot) = if two {
-                (
-                    generic::q8_dot4_int8::<true>(&xr, c, cs),
-                    neon::q8_dot4_int8::<true>(&xr, c, cs),
-                    dotprod().then(|| neon::q8_dot4_int8_sdot::<true>(&xr, c, cs)),
-                )
-            } else {
-                (
-                    generic::q8_dot4_int8::<false>(&xr, c, cs),
-                    neon::q8_dot4_int8::<false>(&xr, c, cs),
-                    dotprod().then(|| neon::q8_dot4_int8_sdot::<false>(&xr, c, cs)),
-                )
-            };
-            assert_eq!(bits(&plain), bits(&want), "q8, two limbs {two}");
-            if let Some(sdot) = sdot {
-                assert_eq!(bits(&sdot), bits(&want), "q8 sdot, two limbs {two}");
+                assert_eq!(bits(&sdot), bits(&want), "{what} sdot, two limbs {TWO}");
             }
         }
     }
+    check::<false>(&x, b, s, c, cs);
+    check::<true>(&x, b, s, c, cs);
     println!("dotprod: {}", dotprod());
 }
 
