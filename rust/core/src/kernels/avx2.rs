@@ -388,9 +388,11 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
 /// order), one row after another. Per block: the codes unbiased to s8 (`xor 0x80`),
 /// `vpsignb` moves q's sign onto them so that `vpmaddubsw` takes |q| as the unsigned
 /// side (codes 1-255 are -127..127 unbiased, so the sign never overflows; pairs at most
-/// 2*127*127: no i16 saturation), `vpmaddwd` sums the words into 8 exact dword lanes,
-/// which are converted, combined with the second limb's and scaled by the block's
-/// 2 * d/2 * weight scale into a vector accumulator (no horizontal sum per block).
+/// 2*127*127: no i16 saturation), `vpmaddwd` sums the words into 8 exact dword lanes
+/// (with two limbs, weighing the first limb's words 254: the limbs joined), which are
+/// converted once and scaled by the block's 2 * d/2 * weight scale into a vector
+/// accumulator (no horizontal sum per block). The rows are one stream, prefetched
+/// `INT_PREFETCH` ahead.
 ///
 /// # Safety
 /// avx2/fma; `x` quantized in `Natural` order, n = 32 * nb; each `codes[r].len() >= 32 * nb`.
@@ -408,23 +410,28 @@ pub unsafe fn q8_dot4_int8<const TWO: bool>(
     }
     let bias = _mm256_set1_epi8(-128);
     let ones = _mm256_set1_epi16(1);
+    let c254 = _mm256_set1_epi16(254);
     let mut out = [0f32; 4];
     for r in 0..4 {
         let cp = codes[r].as_ptr();
         let mut acc = _mm256_setzero_ps();
         for b in 0..nb {
+            _mm_prefetch::<_MM_HINT_T0>(cp.add(b * BLOCK).wrapping_add(INT_PREFETCH) as *const i8);
             let w = _mm256_xor_si256(_mm256_loadu_si256(cp.add(b * BLOCK) as *const __m256i), bias);
-            let limb = |q: &[i8]| {
+            // Words of products (at most 2*127*127) of the codes with one limb.
+            let words = |q: &[i8]| {
                 let q = _mm256_loadu_si256(q.as_ptr().add(b * BLOCK) as *const __m256i);
-                let words = _mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(w, q));
-                _mm256_cvtepi32_ps(_mm256_madd_epi16(words, ones))
+                _mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(w, q))
             };
-            let mut f = limb(x.q);
-            if TWO {
-                f = _mm256_fmadd_ps(limb(x.q2), _mm256_set1_ps(LIMB2), f);
-            }
-            let s = 2.0 * *x.half_d.get_unchecked(b) * crate::q8::scale(*scales[r].get_unchecked(b));
-            acc = _mm256_fmadd_ps(f, _mm256_set1_ps(s), acc);
+            // With two limbs, joined as in the MXFP4 kernel: lanes over 254 q + q2, at most
+            // 4*127*32385 < 2^24 (exact in f32), weighed 1/254 in the block's scale.
+            let (lanes, limb_weight) = if TWO {
+                (_mm256_add_epi32(_mm256_madd_epi16(words(x.q), c254), _mm256_madd_epi16(words(x.q2), ones)), LIMB2)
+            } else {
+                (_mm256_madd_epi16(words(x.q), ones), 1.0)
+            };
+            let s = 2.0 * *x.half_d.get_unchecked(b) * crate::q8::scale(*scales[r].get_unchecked(b)) * limb_weight;
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(s), acc);
         }
         out[r] = hsum(acc);
     }
