@@ -130,7 +130,14 @@ impl QuantX {
         self.q2.resize(l2 * m * n, 0);
         self.corr2.resize(l2 * m * nb, 0);
         self.lane_neg_corr2.resize(l2 * lanes, 0);
-        let joint = if two_limbs && layout == QLayout::Grouped { lanes } else { 0 };
+        // Only the AVX2 kernel reads the joined limbs' lanes (AVX2, or AVX-512 without VNNI).
+        let avx2_kernel = match isa {
+            Isa::Avx2 => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => !is_x86_feature_detected!("avx512vnni"),
+            _ => false,
+        };
+        let joint = if two_limbs && layout == QLayout::Grouped && avx2_kernel { lanes } else { 0 };
         self.lane_neg_corr_joint.resize(joint, 0);
         self.lane_half_d_joint.resize(joint, 0.0);
         let mut qb = [0i8; BLOCK];
@@ -166,7 +173,7 @@ impl QuantX {
                 if layout == QLayout::Grouped && b < groups * 4 {
                     let first = i * groups * 16 + (b / 4) * 16 + (b % 4) * 4;
                     self.lane_half_d[first..first + 4].fill(self.half_d[i * nb + b]);
-                    if two_limbs {
+                    if joint > 0 {
                         for l in first..first + 4 {
                             // At most 254 * 12192 + 12192 in magnitude.
                             self.lane_neg_corr_joint[l] = 254 * self.lane_neg_corr[l] + self.lane_neg_corr2[l];

@@ -660,16 +660,37 @@ fn kernel_speed() {
     let f32_kernel = || unsafe { avx512::mxfp4_dot4(&xp, b, s) };
     let int8_kernel = || unsafe { avx512::mxfp4_dot4_int8::<false, 1>(&[&qx.row(0)], b, s)[0] };
     let int16_kernel = || unsafe { avx512::mxfp4_dot4_int8::<true, 1>(&[&qx.row(0)], b, s)[0] };
-    let kernels: [(&str, &dyn Fn() -> [f32; 4]); 3] =
-        [("f32  ", &f32_kernel), ("int8 ", &int8_kernel), ("int16", &int16_kernel)];
-    for (name, f) in kernels {
+    // Two and three activation rows (each line of codes decoded once for them).
+    let mut qx3 = quant::QuantX::default();
+    let x3: Vec<f32> = (0..3 * n).map(|_| rng.uniform()).collect();
+    qx3.quantize(Isa::Scalar, quant::QLayout::Grouped, true, &x3, 3, n);
+    let int16_m2 = || unsafe { avx512::mxfp4_dot4_int8::<true, 2>(&[&qx3.row(0), &qx3.row(1)], b, s)[1] };
+    let int16_m3 = || unsafe { avx512::mxfp4_dot4_int8::<true, 3>(&[&qx3.row(0), &qx3.row(1), &qx3.row(2)], b, s)[2] };
+    // The one-row kernel decode takes, over ROW_BLOCK rows (the four above, repeated).
+    let rb = avx512::ROW_BLOCK;
+    let rows_b: Vec<u8> = (0..rb).flat_map(|r| b[r % 4].iter().copied()).collect();
+    let rows_s: Vec<u8> = (0..rb).flat_map(|r| s[r % 4].iter().copied()).collect();
+    let int16_rows = || unsafe {
+        let d = avx512::mxfp4_rows_int8::<true>(&qx.row(0), &rows_b, &rows_s, rows_b.as_ptr(), rows_s.as_ptr());
+        [d[0], d[1], d[2], d[3]]
+    };
+    // (name, kernel, weight rows times activation rows per call)
+    let kernels: [(&str, &dyn Fn() -> [f32; 4], usize); 6] = [
+        ("f32  ", &f32_kernel, 4),
+        ("int8 ", &int8_kernel, 4),
+        ("int16", &int16_kernel, 4),
+        ("int16, row block", &int16_rows, rb),
+        ("int16, 2 rows (per row)", &int16_m2, 8),
+        ("int16, 3 rows (per row)", &int16_m3, 12),
+    ];
+    for (name, f, lines) in kernels {
         let t0 = std::time::Instant::now();
         let mut acc = 0f32;
         for _ in 0..iters {
             acc += std::hint::black_box(f())[0];
         }
         let dt = t0.elapsed().as_secs_f64();
-        let blocks_done = (iters * 4 * nb) as f64;
+        let blocks_done = (iters * lines * nb) as f64;
         println!(
             "{name}: {:.2} ns/block, {:.1} GB/s of weights ({acc})",
             dt * 1e9 / blocks_done,
