@@ -274,10 +274,11 @@ unsafe fn group_scales(sp: *const u8) -> [__m256; 2] {
 /// 25.3-25.9 against 23.3-23.8 (1 KB ahead alike; T1 8 KB ahead 18-19, far worse).
 const INT_PREFETCH: usize = 2048;
 
-/// "int8" precision with AVX2: four MXFP4 rows against one quantized activation row
-/// (`Grouped` order, as the AVX-512 kernels read it), one row after another (a single
-/// stream for the hardware prefetcher). Per half line (two blocks, 32 code bytes) the
-/// low and high nibbles become u8 2*E2M1+12 (`vpshufb`); `vpmaddubsw` multiplies them
+/// "int8" precision with AVX2: four MXFP4 rows against M = 1-4 quantized activation
+/// rows (`Grouped` order, as the AVX-512 kernels read it), one weight row after
+/// another (a single stream, prefetched `INT_PREFETCH` ahead). Per half line (two
+/// blocks, 32 code bytes) the low and high nibbles become u8 2*E2M1+12 (`vpshufb`),
+/// once for the M activation rows, each summed as if alone; `vpmaddubsw` multiplies them
 /// with the two blocks' evens and odds (at most 2*24*127 per word, and twice that
 /// after adding evens' and odds' words: no i16 saturation) and `vpmaddwd` sums the
 /// words into 8 dword lanes, four per block, each the exact integer sum of the AVX-512

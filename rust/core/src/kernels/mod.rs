@@ -422,6 +422,17 @@ fn vnni() -> bool {
     is_x86_feature_detected!("avx512vnni")
 }
 
+/// Whether `dot4_int8`'s MXFP4 kernel on this path is the AVX2 one (AVX2, or AVX-512
+/// without VNNI), the only reader of the quantizer's joined-limb lanes.
+fn joins_limbs(isa: Isa) -> bool {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => !vnni(),
+        Isa::Avx2 => true,
+        _ => false,
+    }
+}
+
 /// Whether the NEON int kernels can take `sdot` (cached by std; `cpu::features` reports it).
 #[cfg(target_arch = "aarch64")]
 pub(crate) fn dotprod() -> bool {

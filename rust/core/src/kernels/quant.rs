@@ -130,14 +130,7 @@ impl QuantX {
         self.q2.resize(l2 * m * n, 0);
         self.corr2.resize(l2 * m * nb, 0);
         self.lane_neg_corr2.resize(l2 * lanes, 0);
-        // Only the AVX2 kernel reads the joined limbs' lanes (AVX2, or AVX-512 without VNNI).
-        let avx2_kernel = match isa {
-            Isa::Avx2 => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => !is_x86_feature_detected!("avx512vnni"),
-            _ => false,
-        };
-        let joint = if two_limbs && layout == QLayout::Grouped && avx2_kernel { lanes } else { 0 };
+        let joint = if two_limbs && layout == QLayout::Grouped && super::joins_limbs(isa) { lanes } else { 0 };
         self.lane_neg_corr_joint.resize(joint, 0);
         self.lane_half_d_joint.resize(joint, 0.0);
         let mut qb = [0i8; BLOCK];
