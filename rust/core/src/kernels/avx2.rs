@@ -236,7 +236,7 @@ pub unsafe fn bf16_tile(x: [&[f32]; 4], w: [&[u8]; 4], n: usize) -> [[f32; 4]; 4
     }
     // The next call's rows (the four below: consecutive in the tensor) into L2, a line
     // of each per 32 values: the passes' interleaved row streams defeat the hardware
-    // prefetcher (AVX2 8-session step 491-505 ms against 568-574 without).
+    // prefetcher (AVX2 8-session step 484-496 ms against 566-580 without).
     let prefetch =
         |j: usize, k: usize| _mm_prefetch::<_MM_HINT_T1>(w[j].as_ptr().wrapping_add(2 * k + 8 * n) as *const i8);
     let w8 = |j: usize, k: usize| widen8(w[j].as_ptr().add(2 * k));
