@@ -143,6 +143,40 @@ pub fn mxfp4_codes(blocks: &[u8], out: &mut [u8]) {
     }
 }
 
+/// One MXFP4 row's weights as i16 2*E2M1 values, natural order (`QForm::Pairs`).
+pub fn mxfp4_words(blocks: &[u8], out: &mut [i16]) {
+    use super::quant::W2;
+    for (o, &byte) in out.chunks_exact_mut(2).zip(blocks) {
+        o[0] = W2[(byte & 0x0f) as usize] as i16;
+        o[1] = W2[(byte >> 4) as usize] as i16;
+    }
+}
+
+/// Quantized packed-GEMM step on `QForm::Pairs` groups, any number of rows and groups:
+/// c[j][16 g + t] (see `avx2::qgemm_panel_pairs`, whose sums this repeats exactly, in
+/// the same order of f32 steps). Per block the exact integer sum of the weight words
+/// times the joined values (at most 32 * 12 * 32385 < 2^24 in magnitude: exact in f32),
+/// times the token's d/2 (over 254 with two limbs), then the block's scale.
+pub fn qgemm_panel_pairs(words: &[&[i16]], scales: &[&[f32]], xg: &[super::quant::QGroup], nb: usize, c: &mut [f32]) {
+    use super::quant::{PAIRS, QPACK_TOKENS as T};
+    let g = xg.len();
+    for (j, (row, sc)) in words.iter().zip(scales).enumerate() {
+        for (gi, x) in xg.iter().enumerate() {
+            for t in 0..T {
+                let mut acc = 0f32;
+                for b in 0..nb {
+                    let mut s = 0i32;
+                    for k in 0..BLOCK {
+                        s += row[b * BLOCK + k] as i32 * x.joint[((b * PAIRS + k / 2) * T + t) * 2 + k % 2] as i32;
+                    }
+                    acc = (s as f32 * x.half_d[b * T + t]).mul_add(sc[b], acc);
+                }
+                c[(j * g + gi) * T + t] = acc;
+            }
+        }
+    }
+}
+
 /// Quantized packed-GEMM step, any number of rows and groups: c[j][16 g + t] (see
 /// `avx512::qgemm_panel`, whose sums this repeats exactly, in the same order of f32 steps).
 pub fn qgemm_panel<const TWO: bool>(

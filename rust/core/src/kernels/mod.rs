@@ -8,10 +8,12 @@
 //! - larger `m` (prefill): packed GEMM, x packed once per call into groups of tokens
 //!   ([k][token] order), decoded weight values broadcast against a group's tokens
 //!   (`gemm_panel`: 12 rows x 32 tokens of accumulators on AVX-512);
-//! - `m > INT_GEMV_MAX_ROWS`, MXFP4 at the int precisions on CPUs with integer dot products: quantized
-//!   packed GEMM, x quantized once per call into groups of 16 tokens (`quant::QPack`),
-//!   weight codes decoded once per task to u8, exact `vpdpbusd` sums per block
-//!   (`qgemm_panel`: 4 rows x 32 tokens).
+//! - `m > INT_GEMV_MAX_ROWS`, MXFP4 at the int precisions on x86 (and the scalar path):
+//!   quantized packed GEMM, x quantized once per call into groups of 16 tokens
+//!   (`quant::QPack`), weight codes decoded once per task, exact integer sums per block:
+//!   u8 codes and `vpdpbusd` with AVX-512 VNNI (`qgemm_panel`: 4 rows x 32 tokens), i16
+//!   words and `vpmaddwd` on the limbs joined into i16s elsewhere (`qgemm_panel_pairs`:
+//!   4 rows x 16 tokens).
 //!
 //! Work is split over output rows on the threads of whatever rayon pool the caller
 //! installed, through `crate::par` (a forward pass's spinning team): GEMV batches
@@ -109,10 +111,10 @@ enum Path {
     Tiles,
     /// m >= PACKED_MIN_ROWS: packed activations, broadcast weights (`gemm_panel`).
     Packed,
-    /// m > INT_GEMV_MAX_ROWS, MXFP4 at the int precisions where the ISA has integer dot
-    /// products (AVX-512 VNNI, and the scalar twin): quantized activations in token
-    /// groups, exact integer sums per block (`qgemm_panel`). From 5 tokens on it beats
-    /// the f32 small GEMM despite padding a group to 16 (pp96: +20%).
+    /// m > INT_GEMV_MAX_ROWS, MXFP4 at the int precisions on x86 and the scalar path:
+    /// quantized activations in token groups, exact integer sums per block
+    /// (`qgemm_panel`, `qgemm_panel_pairs`). From 5 tokens on it beats the f32 small
+    /// GEMM despite padding a group to 16 (AVX-512 VNNI, pp96: +20%).
     QuantPacked,
 }
 
@@ -125,13 +127,10 @@ impl Path {
             Weight::Bf16 { .. } => false,
         };
         let int_gemm = match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => vnni(),
-            #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx512 => false,
+            Isa::Avx512 | Isa::Avx2 => cfg!(target_arch = "x86_64"),
             // NEON's prefill GEMMs keep f32 activations (its packed f32 GEMM is far
             // faster than the scalar quantized one).
-            Isa::Avx2 | Isa::Neon => false,
+            Isa::Neon => false,
             Isa::Scalar => true,
         };
         if quantized && m <= INT_GEMV_MAX_ROWS {
@@ -423,13 +422,24 @@ fn vnni() -> bool {
 }
 
 /// Whether `dot4_int8`'s MXFP4 kernel on this path is the AVX2 one (AVX2, or AVX-512
-/// without VNNI), the only reader of the quantizer's joined-limb lanes.
+/// without VNNI), the only reader of the quantizer's joined-limb lanes; its quantized
+/// packed GEMM then joins them too (`quant::QForm::Pairs`).
 fn joins_limbs(isa: Isa) -> bool {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => !vnni(),
         Isa::Avx2 => true,
         _ => false,
+    }
+}
+
+/// The quantized packed GEMM's activation form on `isa`: int8 limbs for `vpdpbusd`
+/// (AVX-512 VNNI and the scalar twin), joined i16s for `vpmaddwd` (AVX2).
+fn qpack_form(isa: Isa) -> quant::QForm {
+    if joins_limbs(isa) {
+        quant::QForm::Pairs
+    } else {
+        quant::QForm::Quads
     }
 }
 
@@ -588,7 +598,7 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
                 js.q.quantize(isa, layout, js.two, job.x, m, n);
             }
         } else if js.path == Path::QuantPacked {
-            js.qpack.pack(isa, js.two, job.x, m, n);
+            js.qpack.pack(isa, qpack_form(isa), js.two, job.x, m, n);
         } else if js.path == Path::Packed {
             pack(job.w.x_layout(isa), panel_shape(isa).1, job.x, m, n, &mut js.x, &mut js.packed);
         } else if let layout @ (XLayout::Split | XLayout::Planes) = job.w.x_layout(isa) {
@@ -767,8 +777,10 @@ fn pack(layout: XLayout, tokens: usize, x: &[f32], m: usize, n: usize, tmp: &mut
 thread_local! {
     /// One packed-GEMM step's results.
     static PANEL_OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// A task's weight rows as u8 codes (the quantized packed GEMM).
+    /// A task's weight rows as u8 codes (the quantized packed GEMM, `QForm::Quads`).
     static CODES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// A task's weight rows as i16 words (the quantized packed GEMM, `QForm::Pairs`).
+    static WORDS: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Weight rows of one quantized packed-GEMM step.
@@ -784,6 +796,51 @@ fn mxfp4_codes(isa: Isa, blocks: &[u8], out: &mut [u8]) {
     }
 }
 
+/// One MXFP4 row's weights as i16 2*E2M1 values, natural order.
+fn mxfp4_words(isa: Isa, blocks: &[u8], out: &mut [i16]) {
+    match isa {
+        // SAFETY: the path was selected for this CPU (AVX-512 implies AVX2); out is
+        // twice the blocks' length.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx2 => unsafe { avx2::mxfp4_words(blocks, out) },
+        _ => generic::mxfp4_words(blocks, out),
+    }
+}
+
+/// One quantized packed-GEMM step over one or two `QForm::Pairs` token groups, of which
+/// the first `used` tokens are needed (the SIMD kernel skips a short last group's
+/// second half).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn qgemm_panel_pairs(
+    isa: Isa,
+    words: [&[i16]; QPANEL_ROWS],
+    scales: [&[f32]; QPANEL_ROWS],
+    groups: &[quant::QGroup],
+    used: usize,
+    nb: usize,
+    c: &mut [f32],
+) {
+    const T: usize = QPACK_TOKENS;
+    match isa {
+        // SAFETY: the Pairs form is only packed on x86 paths (AVX-512 implies AVX2); the
+        // driver sized the rows (32 * nb words, nb scales), the groups (packed for nb
+        // blocks) and c (QPANEL_ROWS * groups * 16).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx2 => {
+            let stride = groups.len() * T;
+            for (gi, x) in groups.iter().enumerate() {
+                let c = &mut c[gi * T..];
+                if used <= gi * T + T / 2 {
+                    unsafe { avx2::qgemm_panel_pairs::<1>(words, scales, x, nb, c, stride) }
+                } else {
+                    unsafe { avx2::qgemm_panel_pairs::<2>(words, scales, x, nb, c, stride) }
+                }
+            }
+        }
+        _ => generic::qgemm_panel_pairs(&words, &scales, groups, nb, c),
+    }
+}
+
 /// One quantized packed-GEMM step over one or two token groups.
 fn qgemm_panel(
     isa: Isa,
@@ -795,7 +852,7 @@ fn qgemm_panel(
     c: &mut [f32],
 ) {
     match (isa, two, groups) {
-        // SAFETY: QuantPacked is only chosen on AVX-512 with VNNI; the driver sized the
+        // SAFETY: the Quads form is only packed on AVX-512 with VNNI (or scalar); the driver sized the
         // rows (32 * nb codes, nb scales), the groups (packed for nb blocks with the
         // job's limbs) and c (QPANEL_ROWS * 2 groups * 16).
         #[cfg(target_arch = "x86_64")]
@@ -911,34 +968,57 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
     let nr = r1 - r0;
     if p.path == Path::QuantPacked {
         let (nb, qp) = (n / BLOCK, p.qpack);
-        with_thread_buffer(&CODES, nr * n, |codes| {
-            with_thread_buffer(&DECODED, nr * nb, |scales| {
-                for j in 0..nr {
-                    let (blocks, sc) = w.mxfp4_row(r0 + j);
-                    mxfp4_codes(isa, blocks, &mut codes[j * n..(j + 1) * n]);
-                    for (d, &e) in scales[j * nb..(j + 1) * nb].iter_mut().zip(sc) {
-                        *d = crate::mxfp4::E8M0[e as usize];
-                    }
+        with_thread_buffer(&DECODED, nr * nb, |scales| {
+            for j in 0..nr {
+                for (d, &e) in scales[j * nb..(j + 1) * nb].iter_mut().zip(w.mxfp4_row(r0 + j).1) {
+                    *d = crate::mxfp4::E8M0[e as usize];
                 }
+            }
+            let scales = &*scales;
+            let row_scales = |rows: [usize; QPANEL_ROWS]| rows.map(|j| &scales[j * nb..(j + 1) * nb]);
+            // Every step of the task, `panel(rows, groups, used, c)`: QPANEL_ROWS of its
+            // rows (a short last step repeats its last row; those results are dropped)
+            // against one or two token groups, of which `used` tokens are needed.
+            let steps = |panel: &dyn Fn([usize; QPANEL_ROWS], &[quant::QGroup], usize, &mut [f32])| {
                 with_thread_buffer(&PANEL_OUT, QPANEL_ROWS * 2 * QPACK_TOKENS, |c| {
                     for g0 in (0..qp.groups).step_by(2) {
                         let groups = [qp.group(g0), qp.group((g0 + 1).min(qp.groups - 1))];
                         let ng = (qp.groups - g0).min(2);
                         for j0 in (0..nr).step_by(QPANEL_ROWS) {
-                            // A short last step repeats its last row; those results are dropped.
-                            let rows: [usize; QPANEL_ROWS] = std::array::from_fn(|j| (j0 + j).min(nr - 1));
-                            let cr = rows.map(|j| &codes[j * n..(j + 1) * n]);
-                            let sr = rows.map(|j| &scales[j * nb..(j + 1) * nb]);
-                            qgemm_panel(isa, p.two, cr, sr, &groups[..ng], nb, c);
+                            let used = (m - g0 * QPACK_TOKENS).min(ng * QPACK_TOKENS);
+                            panel(std::array::from_fn(|j| (j0 + j).min(nr - 1)), &groups[..ng], used, c);
                             for j in 0..(nr - j0).min(QPANEL_ROWS) {
-                                for t in 0..(m - g0 * QPACK_TOKENS).min(ng * QPACK_TOKENS) {
+                                for t in 0..used {
                                     write(g0 * QPACK_TOKENS + t, r0 + j0 + j, c[j * ng * QPACK_TOKENS + t]);
                                 }
                             }
                         }
                     }
                 });
-            });
+            };
+            // The task's rows decoded once, in the form the panel multiplies.
+            match qp.form {
+                quant::QForm::Quads => with_thread_buffer(&CODES, nr * n, |codes| {
+                    for j in 0..nr {
+                        mxfp4_codes(isa, w.mxfp4_row(r0 + j).0, &mut codes[j * n..(j + 1) * n]);
+                    }
+                    let codes = &*codes;
+                    steps(&|rows, groups, _, c| {
+                        let cr = rows.map(|j| &codes[j * n..(j + 1) * n]);
+                        qgemm_panel(isa, p.two, cr, row_scales(rows), groups, nb, c)
+                    });
+                }),
+                quant::QForm::Pairs => with_thread_buffer(&WORDS, nr * n, |words| {
+                    for j in 0..nr {
+                        mxfp4_words(isa, w.mxfp4_row(r0 + j).0, &mut words[j * n..(j + 1) * n]);
+                    }
+                    let words = &*words;
+                    steps(&|rows, groups, used, c| {
+                        let wr = rows.map(|j| &words[j * n..(j + 1) * n]);
+                        qgemm_panel_pairs(isa, wr, row_scales(rows), groups, used, nb, c)
+                    });
+                }),
+            }
         });
         return;
     }

@@ -17,7 +17,8 @@
 //! kernels): natural order, with -128 * (sum of each block's values) per block, the
 //! correction for Q8's biased codes (the kernel moves it into one dword lane of the
 //! block). The packed GEMM takes many rows as a `QPack`: tokens in groups of 16, each
-//! dword quad of a block stored for all 16 tokens side by side.
+//! dword quad of a block stored for all 16 tokens side by side (or, for AVX2's
+//! `vpmaddwd`, each pair of values joined into i16s: `QForm::Pairs`).
 
 use crate::cpu::Isa;
 use crate::mxfp4::BLOCK;
@@ -227,21 +228,39 @@ pub const QPACK_TOKENS: usize = 16;
 pub const QUADS: usize = BLOCK / 4;
 
 /// Quantized activations of many rows (the quantized packed GEMM, m > 4), in groups of
-/// `QPACK_TOKENS` tokens so that one 512-bit register holds one quad of 4 values of each
-/// of the group's 16 tokens: the `vpdpbusd` operand against a broadcast quad of weights.
-/// Tokens past m are zero (d/2 = 0).
+/// `QPACK_TOKENS` tokens, in one of two forms (`QForm`). Tokens past m are zero (d/2 = 0).
 #[derive(Default)]
 pub struct QPack {
     pub groups: usize,
     pub nb: usize,
     pub limbs: usize,
-    /// [groups][nb][QUADS][limbs][16 tokens][4]
+    pub form: QForm,
+    /// Quads: [groups][nb][QUADS][limbs][16 tokens][4]
     pub q: Vec<i8>,
-    /// [groups][nb][limbs][16 tokens]: -12 * sum(q) of each token's block
+    /// Quads: [groups][nb][limbs][16 tokens]: -12 * sum(q) of each token's block
     pub neg_corr: Vec<i32>,
-    /// [groups][nb][16 tokens]: d/2 of each token's block
+    /// [groups][nb][16 tokens]: d/2 of each token's block (Pairs with two limbs: d/2 / 254)
     pub half_d: Vec<f32>,
+    /// Pairs: [groups][nb][PAIRS][16 tokens][2]: 254 q + q2 (two limbs) or q (one)
+    pub joint: Vec<i16>,
 }
+
+/// How a `QPack` stores a group's values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QForm {
+    /// For `vpdpbusd` (AVX-512 VNNI, the scalar twin): int8 limbs, each dword quad of a
+    /// block stored for all 16 tokens side by side (one 512-bit register), against a
+    /// broadcast quad of u8 weight codes.
+    #[default]
+    Quads,
+    /// For `vpmaddwd` (AVX2): the limbs joined as one i16 (at most 254 * 127 + 127 =
+    /// 32385 in magnitude), each pair of values stored for all 16 tokens side by side
+    /// (two 256-bit registers), against a broadcast pair of i16 weights.
+    Pairs,
+}
+
+/// i16 pairs per 32-value block (`QForm::Pairs`).
+pub const PAIRS: usize = BLOCK / 2;
 
 /// One group of a `QPack`.
 #[derive(Clone, Copy)]
@@ -249,22 +268,27 @@ pub struct QGroup<'a> {
     pub q: &'a [i8],
     pub neg_corr: &'a [i32],
     pub half_d: &'a [f32],
+    pub joint: &'a [i16],
 }
 
 impl QPack {
-    /// Quantize `x` [m, n] (as `QuantX::quantize`: the same values, another order).
-    pub fn pack(&mut self, isa: Isa, two_limbs: bool, x: &[f32], m: usize, n: usize) {
+    /// Quantize `x` [m, n] (as `QuantX::quantize`: the same values, another order) in
+    /// `form`.
+    pub fn pack(&mut self, isa: Isa, form: QForm, two_limbs: bool, x: &[f32], m: usize, n: usize) {
         assert_eq!(n % BLOCK, 0);
         assert_eq!(x.len(), m * n);
         let (nb, limbs, groups) = (n / BLOCK, if two_limbs { 2 } else { 1 }, m.div_ceil(QPACK_TOKENS));
-        (self.groups, self.nb, self.limbs) = (groups, nb, limbs);
+        (self.groups, self.nb, self.limbs, self.form) = (groups, nb, limbs, form);
         const T: usize = QPACK_TOKENS;
+        let quads = form == QForm::Quads;
         self.q.clear();
-        self.q.resize(groups * nb * QUADS * limbs * T * 4, 0);
+        self.q.resize(if quads { groups * nb * QUADS * limbs * T * 4 } else { 0 }, 0);
         self.neg_corr.clear();
-        self.neg_corr.resize(groups * nb * limbs * T, 0);
+        self.neg_corr.resize(if quads { groups * nb * limbs * T } else { 0 }, 0);
         self.half_d.clear();
         self.half_d.resize(groups * nb * T, 0.0);
+        self.joint.clear();
+        self.joint.resize(if quads { 0 } else { groups * nb * BLOCK * T }, 0);
         let (mut qb, mut qb2) = ([0i8; BLOCK], [0i8; BLOCK]);
         for i in 0..m {
             let (g, t) = (i / T, i % T);
@@ -272,6 +296,14 @@ impl QPack {
                 let (half_d, sum, sum2) =
                     quantize_block_on(isa, &x[i * n + b * BLOCK..][..BLOCK], two_limbs, &mut qb, &mut qb2);
                 let gb = g * nb + b;
+                if !quads {
+                    self.half_d[gb * T + t] = if two_limbs { half_d * LIMB2 } else { half_d };
+                    for (k, (&q, &q2)) in qb.iter().zip(&qb2).enumerate() {
+                        let v = if two_limbs { 254 * q as i16 + q2 as i16 } else { q as i16 };
+                        self.joint[((gb * PAIRS + k / 2) * T + t) * 2 + k % 2] = v;
+                    }
+                    continue;
+                }
                 self.half_d[gb * T + t] = half_d;
                 for (limb, (qv, s)) in [(&qb, sum), (&qb2, sum2)].into_iter().take(limbs).enumerate() {
                     self.neg_corr[(gb * limbs + limb) * T + t] = -12 * s;
@@ -286,11 +318,20 @@ impl QPack {
 
     pub fn group(&self, g: usize) -> QGroup<'_> {
         let (nb, limbs, t) = (self.nb, self.limbs, QPACK_TOKENS);
-        let ql = nb * QUADS * limbs * t * 4;
-        QGroup {
-            q: &self.q[g * ql..(g + 1) * ql],
-            neg_corr: &self.neg_corr[g * nb * limbs * t..(g + 1) * nb * limbs * t],
-            half_d: &self.half_d[g * nb * t..(g + 1) * nb * t],
+        let part = |len: usize| g * len..(g + 1) * len;
+        match self.form {
+            QForm::Quads => QGroup {
+                q: &self.q[part(nb * QUADS * limbs * t * 4)],
+                neg_corr: &self.neg_corr[part(nb * limbs * t)],
+                half_d: &self.half_d[part(nb * t)],
+                joint: &[],
+            },
+            QForm::Pairs => QGroup {
+                q: &[],
+                neg_corr: &[],
+                half_d: &self.half_d[part(nb * t)],
+                joint: &self.joint[part(nb * BLOCK * t)],
+            },
         }
     }
 }

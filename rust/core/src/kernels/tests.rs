@@ -491,31 +491,86 @@ fn quantized_gemm_kernels_match_their_scalar_twins() {
         mxfp4_codes(isa, &blocks, &mut got);
         assert_eq!(got, want, "{}", isa.name());
     }
-    // Panels: one and two groups, one and two limbs, the SIMD step against the twin.
+    // The i16 words (QForm::Pairs), every byte value.
+    let mut want_words = vec![0i16; 2 * blocks.len()];
+    generic::mxfp4_words(&blocks, &mut want_words);
+    for (i, &byte) in blocks.iter().enumerate() {
+        assert_eq!(want_words[2 * i], quant::W2[(byte & 15) as usize] as i16);
+        assert_eq!(want_words[2 * i + 1], quant::W2[(byte >> 4) as usize] as i16);
+    }
+    for isa in simd_paths() {
+        if qpack_form(isa) == quant::QForm::Pairs {
+            let mut got = vec![0i16; want_words.len()];
+            mxfp4_words(isa, &blocks, &mut got);
+            assert_eq!(got, want_words, "{}", isa.name());
+        }
+    }
+    // Panels: one and two groups, one and two limbs, each form's SIMD step against its
+    // twin (Pairs: the same f32 steps, so the same bits).
     let (nb, m) = (7, 29);
     let n = nb * BLOCK;
     let x: Vec<f32> = (0..m * n).map(|_| rng.uniform() * 3.0).collect();
     let codes: Vec<Vec<u8>> = (0..QPANEL_ROWS).map(|_| rng.bytes(n).iter().map(|b| b % 25).collect()).collect();
+    let words: Vec<Vec<i16>> = codes.iter().map(|r| r.iter().map(|&c| c as i16 - 12).collect()).collect();
     let scales: Vec<Vec<f32>> = (0..QPANEL_ROWS).map(|_| (0..nb).map(|_| rng.uniform() * 4.0).collect()).collect();
     let cr: [&[u8]; QPANEL_ROWS] = std::array::from_fn(|j| &codes[j][..]);
+    let wr: [&[i16]; QPANEL_ROWS] = std::array::from_fn(|j| &words[j][..]);
     let sr: [&[f32]; QPANEL_ROWS] = std::array::from_fn(|j| &scales[j][..]);
     for two in [false, true] {
-        let mut qp = QPack::default();
-        qp.pack(Isa::Scalar, two, &x, m, n);
-        for groups in [&[qp.group(0)][..], &[qp.group(0), qp.group(1)][..]] {
-            let len = QPANEL_ROWS * groups.len() * QPACK_TOKENS;
-            let mut want = vec![0f32; len];
-            qgemm_panel(Isa::Scalar, two, cr, sr, groups, nb, &mut want);
-            for isa in simd_paths() {
-                if Path::of(isa, Precision::Int16, &Weight::mxfp4(&[0; 16], &[127], 1, 32), 16) != Path::QuantPacked {
-                    continue;
-                }
-                let mut got = vec![0f32; len];
-                qgemm_panel(isa, two, cr, sr, groups, nb, &mut got);
-                for (g, w) in got.iter().zip(&want) {
-                    assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{} two={two}: {g} vs {w}", isa.name());
+        for form in [quant::QForm::Quads, quant::QForm::Pairs] {
+            let mut qp = QPack::default();
+            qp.pack(Isa::Scalar, form, two, &x, m, n);
+            for groups in [&[qp.group(0)][..], &[qp.group(0), qp.group(1)][..]] {
+                let len = QPANEL_ROWS * groups.len() * QPACK_TOKENS;
+                // Pairs: every count of needed tokens (the kernel skips a short group's half).
+                for used in
+                    (1..=groups.len() * QPACK_TOKENS).filter(|&u| form == quant::QForm::Pairs || u == len / QPANEL_ROWS)
+                {
+                    let panel = |isa: Isa, c: &mut [f32]| match form {
+                        quant::QForm::Quads => qgemm_panel(isa, two, cr, sr, groups, nb, c),
+                        quant::QForm::Pairs => qgemm_panel_pairs(isa, wr, sr, groups, used, nb, c),
+                    };
+                    let mut want = vec![0f32; len];
+                    panel(Isa::Scalar, &mut want);
+                    for isa in simd_paths() {
+                        if qpack_form(isa) != form
+                            || Path::of(isa, Precision::Int16, &Weight::mxfp4(&[0; 16], &[127], 1, 32), 16)
+                                != Path::QuantPacked
+                        {
+                            continue;
+                        }
+                        let mut got = vec![0f32; len];
+                        panel(isa, &mut got);
+                        let per_row = len / QPANEL_ROWS;
+                        for (k, (g, w)) in got.iter().zip(&want).enumerate().filter(|(k, _)| k % per_row < used) {
+                            match form {
+                                quant::QForm::Quads => {
+                                    assert!(
+                                        (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                                        "{} two={two}: {g} vs {w}",
+                                        isa.name()
+                                    )
+                                }
+                                quant::QForm::Pairs => {
+                                    assert_eq!(g.to_bits(), w.to_bits(), "{} two={two} used={used} {k}", isa.name())
+                                }
+                            }
+                        }
+                    }
                 }
             }
+        }
+    }
+    // The two forms' sums agree up to f32 rounding (the same quantized values).
+    for two in [false, true] {
+        let (mut quads, mut pairs) = (QPack::default(), QPack::default());
+        quads.pack(Isa::Scalar, quant::QForm::Quads, two, &x, m, n);
+        pairs.pack(Isa::Scalar, quant::QForm::Pairs, two, &x, m, n);
+        let (mut a, mut b) = (vec![0f32; QPANEL_ROWS * QPACK_TOKENS], vec![0f32; QPANEL_ROWS * QPACK_TOKENS]);
+        qgemm_panel(Isa::Scalar, two, cr, sr, &[quads.group(1)], nb, &mut a);
+        qgemm_panel_pairs(Isa::Scalar, wr, sr, &[pairs.group(1)], QPACK_TOKENS, nb, &mut b);
+        for (p, q) in a.iter().zip(&b) {
+            assert!((p - q).abs() <= 1e-5 * p.abs().max(1.0), "two={two}: {p} vs {q}");
         }
     }
 }
@@ -699,6 +754,69 @@ fn kernel_speed() {
     }
 }
 
+/// Timing, not a check (`cargo test --release -p gptoss-core gemm_panel_speed -- --ignored
+/// --nocapture`): multiply-adds per ns of one thread in the packed GEMM steps, from L1/L2
+/// (n = 2880, one task's rows).
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore]
+fn gemm_panel_speed() {
+    let mut rng = Rng(6);
+    let (nb, m) = (90, 32);
+    let n = nb * BLOCK;
+    let x: Vec<f32> = (0..m * n).map(|_| rng.uniform()).collect();
+    let codes: Vec<Vec<u8>> = (0..QPANEL_ROWS).map(|_| rng.bytes(n).iter().map(|b| b % 25).collect()).collect();
+    let words: Vec<Vec<i16>> = codes.iter().map(|r| r.iter().map(|&c| c as i16 - 12).collect()).collect();
+    let scales: Vec<Vec<f32>> = (0..QPANEL_ROWS).map(|_| (0..nb).map(|_| rng.uniform()).collect()).collect();
+    let cr: [&[u8]; QPANEL_ROWS] = std::array::from_fn(|j| &codes[j][..]);
+    let wr: [&[i16]; QPANEL_ROWS] = std::array::from_fn(|j| &words[j][..]);
+    let sr: [&[f32]; QPANEL_ROWS] = std::array::from_fn(|j| &scales[j][..]);
+    let (mut quads, mut pairs) = (QPack::default(), QPack::default());
+    quads.pack(Isa::Scalar, quant::QForm::Quads, true, &x, m, n);
+    pairs.pack(Isa::Scalar, quant::QForm::Pairs, true, &x, m, n);
+    let (qg, pg) = ([quads.group(0), quads.group(1)], [pairs.group(0), pairs.group(1)]);
+    let rows6: Vec<Vec<f32>> = (0..6).map(|_| (0..n).map(|_| rng.uniform()).collect()).collect();
+    let w6: [&[f32]; 6] = std::array::from_fn(|j| &rows6[j][..]);
+    let xg: Vec<f32> = (0..n * 16).map(|_| rng.uniform()).collect();
+    let mut c = vec![0f32; 6 * 32];
+    let mut time = |name: &str, macs: usize, f: &mut dyn FnMut(&mut [f32])| {
+        let iters = 2000;
+        let t0 = std::time::Instant::now();
+        for _ in 0..iters {
+            f(&mut c);
+            std::hint::black_box(&c);
+        }
+        println!("{name}: {:.1} multiply-adds per ns", (iters * macs) as f64 / t0.elapsed().as_secs_f64() / 1e9);
+    };
+    // SAFETY (each kernel): its features are checked first; sizes as built above.
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        time("avx2 f32 gemm_panel, 6 rows x 16 tokens", 6 * 16 * n, &mut |c| unsafe {
+            avx2::gemm_panel::<2>(&w6, &xg, n, c)
+        });
+        time("avx2 qgemm_panel_pairs, 4 rows x 16 tokens", 4 * 16 * n, &mut |c| unsafe {
+            avx2::qgemm_panel_pairs::<2>(wr, sr, &pg[0], nb, c, 16)
+        });
+        time("avx2 qgemm_panel_pairs, 4 rows x 8 tokens", 4 * 8 * n, &mut |c| unsafe {
+            avx2::qgemm_panel_pairs::<1>(wr, sr, &pg[0], nb, c, 16)
+        });
+    }
+    if Isa::available().contains(&Isa::Avx512) {
+        let w12: [&[f32]; avx512::PANEL_ROWS] = std::array::from_fn(|j| &rows6[j % 6][..]);
+        let xg32: Vec<f32> = (0..n * avx512::PANEL_TOKENS).map(|_| rng.uniform()).collect();
+        let mut c12 = vec![0f32; avx512::PANEL_ROWS * avx512::PANEL_TOKENS];
+        time(
+            "avx512 f32 gemm_panel, 12 rows x 32 tokens",
+            avx512::PANEL_ROWS * avx512::PANEL_TOKENS * n,
+            &mut |_| unsafe { avx512::gemm_panel::<2>(&w12, &xg32, n, &mut c12) },
+        );
+        if vnni() {
+            time("avx512 qgemm_panel (vnni), 4 rows x 32 tokens", 4 * 32 * n, &mut |c| unsafe {
+                avx512::qgemm_panel::<true, 2>(cr, sr, qg, nb, c)
+            });
+        }
+    }
+}
+
 /// Activation quantization (`QuantX` and `QPack`) gives the same bytes on every path: blocks of ordinary,
 /// huge, tiny (below `quant::TINY`), zero and non-finite values, every layout, one limb
 /// and two, several rows and a row length with a partial group.
@@ -741,15 +859,36 @@ fn quantize_paths_match_scalar() {
                 }
                 if layout == quant::QLayout::Natural {
                     // The packed GEMM's quantization (any layout: it has its own order).
-                    let mut want = quant::QPack::default();
-                    want.pack(Isa::Scalar, two, &x, m, n);
-                    for isa in simd_paths() {
-                        let mut got = quant::QPack::default();
-                        got.pack(isa, two, &x, m, n);
-                        let what = format!("{isa:?} QPack two={two} m={m} n={n}");
-                        assert_eq!(got.q, want.q, "{what}: q");
-                        assert_eq!(got.neg_corr, want.neg_corr, "{what}: corrections");
-                        assert_eq!(bits(&got.half_d), bits(&want.half_d), "{what}: d/2");
+                    for form in [quant::QForm::Quads, quant::QForm::Pairs] {
+                        let mut packed = quant::QPack::default();
+                        packed.pack(Isa::Scalar, form, two, &x, m, n);
+                        for isa in simd_paths() {
+                            let mut got = quant::QPack::default();
+                            got.pack(isa, form, two, &x, m, n);
+                            let what = format!("{isa:?} QPack {form:?} two={two} m={m} n={n}");
+                            assert_eq!(got.q, packed.q, "{what}: q");
+                            assert_eq!(got.neg_corr, packed.neg_corr, "{what}: corrections");
+                            assert_eq!(got.joint, packed.joint, "{what}: joined values");
+                            assert_eq!(bits(&got.half_d), bits(&packed.half_d), "{what}: d/2");
+                        }
+                        if form == quant::QForm::Pairs {
+                            // The rows' values joined (254 q + q2, or q), d/2 over 254 with two limbs.
+                            const T: usize = QPACK_TOKENS;
+                            for i in 0..m {
+                                for b in 0..nb {
+                                    let gb = (i / T) * nb + b;
+                                    let hd = want.half_d[i * nb + b];
+                                    let hd = if two { hd * quant::LIMB2 } else { hd };
+                                    assert_eq!(packed.half_d[gb * T + i % T].to_bits(), hd.to_bits());
+                                    for k in 0..32 {
+                                        let q = want.q[i * n + b * 32 + k] as i16;
+                                        let v = if two { 254 * q + want.q2[i * n + b * 32 + k] as i16 } else { q };
+                                        let at = ((gb * quant::PAIRS + k / 2) * T + i % T) * 2 + k % 2;
+                                        assert_eq!(packed.joint[at], v, "row {i} block {b} value {k}");
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
                 assert_eq!(want.half_d.len(), m * nb);
