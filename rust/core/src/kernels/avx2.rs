@@ -464,6 +464,65 @@ pub unsafe fn q8_dot4_int8<const TWO: bool>(
     out
 }
 
+/// `quant::quantize_block`'s twin (as `avx512::quantize_block`): the same f32 operations
+/// lane by lane, so the same bytes, sums and d/2 (a block with a non-finite value:
+/// zeros and NaN).
+///
+/// # Safety
+/// avx2/fma; `xb` holds 32 values.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn quantize_block(
+    xb: &[f32],
+    two_limbs: bool,
+    qb: &mut [i8; BLOCK],
+    qb2: &mut [i8; BLOCK],
+) -> (f32, i32, i32) {
+    use super::quant::{MAGIC, TINY};
+    assert!(xb.len() >= BLOCK);
+    let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(xb.as_ptr().add(8 * i)));
+    let abs = v.map(|v| _mm256_andnot_ps(_mm256_set1_ps(-0.0), v));
+    // |v| < inf is false for inf and NaN.
+    let inf = _mm256_set1_ps(f32::INFINITY);
+    let finite = abs.iter().fold(0xff, |m, &a| m & _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(a, inf)));
+    if finite != 0xff {
+        qb.fill(0);
+        qb2.fill(0);
+        return (f32::NAN, 0, 0);
+    }
+    let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m)));
+    let inv = if amax >= TINY { 127.0 / amax } else { 0.0 };
+    let d = if amax >= TINY { amax / 127.0 } else { 0.0 };
+    let (magic, lo, hi) = (_mm256_set1_ps(MAGIC), _mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
+    let round = |y: __m256| _mm256_max_ps(_mm256_min_ps(_mm256_sub_ps(_mm256_add_ps(y, magic), magic), hi), lo);
+    // Four vectors of dwords in [-127, 127] to 32 bytes in order, and their sum.
+    let store = |q: [__m256i; 4], out: &mut [i8; BLOCK]| -> i32 {
+        // packs work per 128-bit half: dword k of the result holds values 4k..4k+4 of
+        // vector k % 4's half k / 4.
+        let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, ordered);
+        let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
+    };
+    let y = v.map(|v| _mm256_mul_ps(v, _mm256_set1_ps(inv)));
+    let r = y.map(round);
+    let sum = store(r.map(|r| _mm256_cvtps_epi32(r)), qb);
+    let mut sum2 = 0;
+    if two_limbs {
+        // y - r is exact (Sterbenz) and in [-0.5, 0.5].
+        let q2: [__m256i; 4] = std::array::from_fn(|i| {
+            _mm256_cvtps_epi32(round(_mm256_mul_ps(_mm256_sub_ps(y[i], r[i]), _mm256_set1_ps(254.0))))
+        });
+        sum2 = store(q2, qb2);
+    }
+    (d * 0.5, sum, sum2)
+}
+
 /// `generic::mxfp4_words`'s twin: per block, the nibbles through the signed 2*E2M1
 /// table (`vpshufb`), interleaved back into natural order and widened to i16.
 ///

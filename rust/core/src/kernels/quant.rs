@@ -112,7 +112,7 @@ impl QuantX {
     }
 
     /// Quantize `x` [m, n] (n % 32 == 0), with a second limb when `two_limbs`. Every
-    /// ISA gives the same bytes (`Isa::Avx512` has a SIMD twin of the per-block work).
+    /// ISA gives the same bytes (AVX-512 and AVX2 have SIMD twins of the per-block work).
     pub fn quantize(&mut self, isa: Isa, layout: QLayout, two_limbs: bool, x: &[f32], m: usize, n: usize) {
         assert_eq!(n % BLOCK, 0);
         assert_eq!(x.len(), m * n);
@@ -192,6 +192,9 @@ fn quantize_block_on(
         // SAFETY: the Avx512 path is only selected on CPUs with avx512f/bw/vl.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { super::avx512::quantize_block(xb, two_limbs, qb, qb2) },
+        // SAFETY: the Avx2 path is only selected on CPUs with avx2/fma.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { super::avx2::quantize_block(xb, two_limbs, qb, qb2) },
         _ => quantize_block(xb, two_limbs, qb, qb2),
     }
 }
