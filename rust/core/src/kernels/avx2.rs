@@ -523,6 +523,33 @@ pub unsafe fn quantize_block(
     (d * 0.5, sum, sum2)
 }
 
+/// `quant::place`'s twin for a block of a full group in the `Grouped` layout: its 16
+/// even values to `evens`, its 16 odd values to `odds`, and -12 * the sum of each run
+/// of 8 values (one dword lane of the kernels) to `lanes`.
+///
+/// # Safety
+/// avx2; `evens` and `odds` hold 16 values, `lanes` 4.
+#[target_feature(enable = "avx2")]
+pub unsafe fn place_grouped(qb: &[i8; BLOCK], evens: &mut [i8], odds: &mut [i8], lanes: &mut [i32]) {
+    assert!(evens.len() >= 16 && odds.len() >= 16 && lanes.len() >= 4);
+    let v = _mm256_loadu_si256(qb.as_ptr() as *const __m256i);
+    // Per 128-bit half: its 8 evens, then its 8 odds; then the quadwords reordered to
+    // [evens 0-7, evens 8-15, odds 0-7, odds 8-15].
+    let split = _mm256_setr_epi8(
+        0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+    );
+    let t = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(v, split));
+    _mm_storeu_si128(evens.as_mut_ptr() as *mut __m128i, _mm256_castsi256_si128(t));
+    _mm_storeu_si128(odds.as_mut_ptr() as *mut __m128i, _mm256_extracti128_si256::<1>(t));
+    // sad(q + 128, 0) sums each run of 8 as unsigned: 8 * 128 more than the signed sum.
+    let sums = _mm256_sad_epu8(_mm256_xor_si256(v, _mm256_set1_epi8(-128)), _mm256_setzero_si256());
+    let mut s = [0u64; 4];
+    _mm256_storeu_si256(s.as_mut_ptr() as *mut __m256i, sums);
+    for l in 0..4 {
+        lanes[l] = -12 * (s[l] as i32 - 1024);
+    }
+}
+
 /// `generic::mxfp4_words`'s twin: per block, the nibbles through the signed 2*E2M1
 /// table (`vpshufb`), interleaved back into natural order and widened to i16.
 ///

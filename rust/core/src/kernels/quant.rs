@@ -354,13 +354,13 @@ fn lanes_per_row(layout: QLayout, n: usize) -> usize {
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn place(isa: Isa, layout: QLayout, b: usize, groups: usize, qb: &[i8; BLOCK], row: &mut [i8], lanes: &mut [i32]) {
     match layout {
-        // SAFETY: the Avx512 path is only selected on CPUs with avx512f/bw/vl.
+        // SAFETY: the Avx512 and Avx2 paths are only selected on CPUs with avx2.
         #[cfg(target_arch = "x86_64")]
-        QLayout::Grouped if b < groups * 4 && isa == Isa::Avx512 => {
+        QLayout::Grouped if b < groups * 4 && matches!(isa, Isa::Avx512 | Isa::Avx2) => {
             let (g, mm) = (b / 4, b % 4);
             let (evens, odds) = row[g * 128..g * 128 + 128].split_at_mut(64);
             let lanes = &mut lanes[g * 16 + mm * 4..g * 16 + mm * 4 + 4];
-            unsafe { super::avx512::place_grouped(qb, &mut evens[mm * 16..], &mut odds[mm * 16..], lanes) }
+            unsafe { super::avx2::place_grouped(qb, &mut evens[mm * 16..], &mut odds[mm * 16..], lanes) }
         }
         QLayout::Natural => row[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(qb),
         QLayout::Lanes => {
