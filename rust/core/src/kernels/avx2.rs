@@ -477,7 +477,7 @@ pub unsafe fn quantize_block(
     qb: &mut [i8; BLOCK],
     qb2: &mut [i8; BLOCK],
 ) -> (f32, i32, i32) {
-    use super::quant::{MAGIC, TINY};
+    use super::quant::MAGIC;
     assert!(xb.len() >= BLOCK);
     let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(xb.as_ptr().add(8 * i)));
     let abs = v.map(|v| _mm256_andnot_ps(_mm256_set1_ps(-0.0), v));
@@ -493,8 +493,7 @@ pub unsafe fn quantize_block(
     let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
     let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m)));
-    let inv = if amax >= TINY { 127.0 / amax } else { 0.0 };
-    let d = if amax >= TINY { amax / 127.0 } else { 0.0 };
+    let (d, inv) = super::quant::block_scale(amax);
     let (magic, lo, hi) = (_mm256_set1_ps(MAGIC), _mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
     let round = |y: __m256| _mm256_max_ps(_mm256_min_ps(_mm256_sub_ps(_mm256_add_ps(y, magic), magic), hi), lo);
     // Four vectors of dwords in [-127, 127] to 32 bytes in order, and their sum.

@@ -984,7 +984,7 @@ pub unsafe fn quantize_block(
     qb: &mut [i8; BLOCK],
     qb2: &mut [i8; BLOCK],
 ) -> (f32, i32, i32) {
-    use super::quant::{MAGIC, TINY};
+    use super::quant::MAGIC;
     assert!(xb.len() >= BLOCK);
     let v = [_mm512_loadu_ps(xb.as_ptr()), _mm512_loadu_ps(xb.as_ptr().add(16))];
     let abs = v.map(|v| _mm512_abs_ps(v));
@@ -997,8 +997,7 @@ pub unsafe fn quantize_block(
         return (f32::NAN, 0, 0);
     }
     let amax = _mm512_reduce_max_ps(_mm512_max_ps(abs[0], abs[1]));
-    let inv = if amax >= TINY { 127.0 / amax } else { 0.0 };
-    let d = if amax >= TINY { amax / 127.0 } else { 0.0 };
+    let (d, inv) = super::quant::block_scale(amax);
     let (magic, lo, hi) = (_mm512_set1_ps(MAGIC), _mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
     let round = |y: __m512| _mm512_max_ps(_mm512_min_ps(_mm512_sub_ps(_mm512_add_ps(y, magic), magic), hi), lo);
     let (mut sum, mut sum2) = (0, 0);

@@ -205,8 +205,7 @@ fn quantize_block_on(
 fn quantize_block(xb: &[f32], two_limbs: bool, qb: &mut [i8; BLOCK], qb2: &mut [i8; BLOCK]) -> (f32, i32, i32) {
     let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
     let finite = xb.iter().all(|v| v.is_finite());
-    // Blocks below TINY (where d would be subnormal) quantize to zero.
-    let (d, inv) = if amax >= TINY && finite { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) };
+    let (d, inv) = if finite { block_scale(amax) } else { (0.0, 0.0) };
     let (mut sum, mut sum2) = (0i32, 0i32);
     for ((q, q2), &v) in qb.iter_mut().zip(qb2.iter_mut()).zip(xb) {
         let y = v * inv;
@@ -220,6 +219,17 @@ fn quantize_block(xb: &[f32], two_limbs: bool, qb: &mut [i8; BLOCK], qb2: &mut [
         }
     }
     (if finite { d * 0.5 } else { f32::NAN }, sum, sum2)
+}
+
+/// A finite block's scale d = amax / 127 and 127 / amax, the same on every path; blocks
+/// below TINY (where d would be subnormal) quantize to zero.
+#[inline(always)]
+pub(crate) fn block_scale(amax: f32) -> (f32, f32) {
+    if amax >= TINY {
+        (amax / 127.0, 127.0 / amax)
+    } else {
+        (0.0, 0.0)
+    }
 }
 
 /// Rounds to nearest even by the 1.5 * 2^23 trick (for |y| <= 2^22): (y + MAGIC) - MAGIC.
