@@ -852,9 +852,9 @@ fn qgemm_panel(
     c: &mut [f32],
 ) {
     match (isa, two, groups) {
-        // SAFETY: the Quads form is only packed on AVX-512 with VNNI (or scalar); the driver sized the
-        // rows (32 * nb codes, nb scales), the groups (packed for nb blocks with the
-        // job's limbs) and c (QPANEL_ROWS * 2 groups * 16).
+        // SAFETY: the Quads form is only packed on AVX-512 with VNNI (or scalar); the
+        // driver sized the rows (32 * nb codes, nb scales), the groups (packed for nb
+        // blocks with the job's limbs) and c (QPANEL_ROWS * 2 groups * 16).
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx512, true, &[a, b]) => unsafe { avx512::qgemm_panel::<true, 2>(codes, scales, [a, b], nb, c) },
         #[cfg(target_arch = "x86_64")]
