@@ -464,8 +464,9 @@ fn int8_case(precision: Precision, per: f64) {
             for k in 0..m * rows {
                 let err = (got[k] as f64 - want[k]).abs();
                 assert!(err <= bound[k], "{} {precision:?} [{m},{rows},{n}] {k}: err {err} > {}", isa.name(), bound[k]);
-                // Same integer sums as the scalar twin: only f32 rounding differs (AVX2
-                // has no integer GEMM: its m > 4 matmuls keep f32 activations).
+                // Same quantized values as the scalar path on the same path: only f32
+                // rounding differs (AVX2 joins the limbs before converting; NEON's m > 4
+                // matmuls keep f32 activations, another path).
                 if Path::of(isa, precision, &w, m) == Path::of(Isa::Scalar, precision, &w, m) {
                     let d = (got[k] - scalar[k]).abs() as f64;
                     assert!(d <= 1e-5 * mag[k] + 1e-30, "{} vs scalar: {d}", isa.name());
