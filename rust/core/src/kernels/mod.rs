@@ -820,13 +820,13 @@ fn qgemm_panel_pairs(
     nb: usize,
     c: &mut [f32],
 ) {
-    const T: usize = QPACK_TOKENS;
     match isa {
         // SAFETY: the Pairs form is only packed on x86 paths (AVX-512 implies AVX2); the
         // driver sized the rows (32 * nb words, nb scales), the groups (packed for nb
         // blocks) and c (QPANEL_ROWS * groups * 16).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Avx2 => {
+            const T: usize = QPACK_TOKENS;
             let stride = groups.len() * T;
             for (gi, x) in groups.iter().enumerate() {
                 let c = &mut c[gi * T..];
