@@ -16,6 +16,14 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// The sum of a vector's 8 dwords (wrapping, as integer adds do).
+#[inline(always)]
+unsafe fn hsum_epi32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
+}
+
 /// Decode 8 bytes (zero-extended in `v`) into the 8 low-nibble and 8 high-nibble values.
 #[inline(always)]
 unsafe fn decode8(v: __m256i, mags: __m256, sign: __m256i) -> (__m256, __m256) {
@@ -397,10 +405,7 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
                     let xq = _mm256_loadu_si256(q.as_ptr().add(b * BLOCK) as *const __m256i);
                     let p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xq), ones);
                     // Exact integer block sum first: the +12 offset cancels only in integers.
-                    let s4 = _mm_add_epi32(_mm256_castsi256_si128(p32), _mm256_extracti128_si256::<1>(p32));
-                    let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
-                    let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b10_11_00_01>(s4));
-                    _mm_cvtsi128_si32(s4) - corr
+                    hsum_epi32(p32) - corr
                 };
                 let mut v = limb(x.q, x.corr[b]) as f32;
                 if TWO {
@@ -507,10 +512,7 @@ pub unsafe fn quantize_block(
         let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
         let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, ordered);
-        let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-        _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
+        hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])))
     };
     let y = v.map(|v| _mm256_mul_ps(v, _mm256_set1_ps(inv)));
     let r = y.map(round);
