@@ -59,8 +59,8 @@ def matmul(
     block of x to int8 (d = amax/127) for m <= 4 (the GEMV path) and for larger m where
     the CPU has integer dot products (AVX-512 VNNI, and the scalar path; AVX2 keeps f32
     there): the error is at most sum over blocks of amax_b/254 * sum|w_b|, plus f32 rounding.
-    `precision="int16"` adds a second int8 limb for the remainder: the same bound with
-    amax_b/64516. Blocks with amax below 2^-100 quantize to zero (adding at most
+    `precision="int16"` adds a second int8 limb for the remainder (x = d (q + q2/256)):
+    the same bound with amax_b/65024. Blocks with amax below 2^-100 quantize to zero (adding at most
     amax_b * sum|w_b| each).
     """
     if precision not in PRECISIONS:

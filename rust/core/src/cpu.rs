@@ -64,6 +64,8 @@ pub struct Features {
     pub avx512bw: bool,
     pub avx512vl: bool,
     pub avx512vnni: bool,
+    /// `vpermb`, which the AVX-512 int GEMVs decode codes with where present.
+    pub avx512vbmi: bool,
     pub avx512bf16: bool,
     pub neon: bool,
     /// aarch64 FEAT_DotProd (`sdot`), which the NEON int kernels take where present.
@@ -81,6 +83,7 @@ pub fn features() -> Features {
             avx512bw: is_x86_feature_detected!("avx512bw"),
             avx512vl: is_x86_feature_detected!("avx512vl"),
             avx512vnni: is_x86_feature_detected!("avx512vnni"),
+            avx512vbmi: is_x86_feature_detected!("avx512vbmi"),
             avx512bf16: is_x86_feature_detected!("avx512bf16"),
             neon: false,
             dotprod: false,

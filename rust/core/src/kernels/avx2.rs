@@ -324,9 +324,9 @@ const INT_PREFETCH: usize = 2048;
 /// group go one at a time: an exact integer block sum, then the scalar twin's steps.
 ///
 /// With `TWO` ("int16" precision) the limbs are joined in integers: `vpmaddwd` weighs
-/// the first limb's words 254 and the second's 1, so a lane is the exact sum over
-/// 254 q + q2 (at most 8*12*32385 in magnitude: exact in f32 too), corrected once
-/// (`lane_neg_corr_joint`) and converted once, then scaled by d/2 / 254: one
+/// the first limb's words 256 and the second's 1, so a lane is the exact sum over
+/// 256 q + q2 (at most 8*12*32640 in magnitude: exact in f32 too), corrected once
+/// (`lane_neg_corr_joint`) and converted once, then scaled by d/2 / 256: one
 /// conversion, one correction and no limb FMA fewer per half line than two separate
 /// limbs (AVX2 decode 2-8% faster, stop 23).
 ///
@@ -352,7 +352,7 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
     let lut = _mm256_broadcastsi128_si256(_mm_loadu_si128(W2_PLUS_12.as_ptr() as *const __m128i));
     let nib = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
-    let c254 = _mm256_set1_epi16(254);
+    let join = _mm256_set1_epi16(super::quant::LIMB2_JOIN as i16);
     // A half line's words (each the sum of four products, at most 4*24*127) against one
     // limb: `h` is the byte offset of its evens in the limb (its odds are 64 further).
     let words = |wl: __m256i, wh: __m256i, q: &[i8], h: usize| {
@@ -378,7 +378,7 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
                     let lane = |c: &[i32]| _mm256_loadu_si256(c.as_ptr().add(l) as *const __m256i);
                     let f = if TWO {
                         let both = _mm256_add_epi32(
-                            _mm256_madd_epi16(words(wl, wh, x.q, h), c254),
+                            _mm256_madd_epi16(words(wl, wh, x.q, h), join),
                             _mm256_madd_epi16(words(wl, wh, x.q2, h), ones),
                         );
                         let f = _mm256_cvtepi32_ps(_mm256_add_epi32(both, lane(x.lane_neg_corr_joint)));
@@ -424,7 +424,7 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
 /// `vpsignb` moves q's sign onto them so that `vpmaddubsw` takes |q| as the unsigned
 /// side (codes 1-255 are -127..127 unbiased, so the sign never overflows; pairs at most
 /// 2*127*127: no i16 saturation), `vpmaddwd` sums the words into 8 exact dword lanes
-/// (with two limbs, weighing the first limb's words 254: the limbs joined), which are
+/// (with two limbs, weighing the first limb's words 256: the limbs joined), which are
 /// converted once and scaled by the block's 2 * d/2 * weight scale into a vector
 /// accumulator (no horizontal sum per block). The rows are one stream, prefetched
 /// `INT_PREFETCH` ahead.
@@ -445,7 +445,7 @@ pub unsafe fn q8_dot4_int8<const TWO: bool>(
     }
     let bias = _mm256_set1_epi8(-128);
     let ones = _mm256_set1_epi16(1);
-    let c254 = _mm256_set1_epi16(254);
+    let join = _mm256_set1_epi16(super::quant::LIMB2_JOIN as i16);
     let mut out = [0f32; 4];
     for r in 0..4 {
         let cp = codes[r].as_ptr();
@@ -458,10 +458,10 @@ pub unsafe fn q8_dot4_int8<const TWO: bool>(
                 let q = _mm256_loadu_si256(q.as_ptr().add(b * BLOCK) as *const __m256i);
                 _mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(w, q))
             };
-            // With two limbs, joined as in the MXFP4 kernel: lanes over 254 q + q2, at most
-            // 4*127*32385 < 2^24 (exact in f32), weighed 1/254 in the block's scale.
+            // With two limbs, joined as in the MXFP4 kernel: lanes over 256 q + q2, at most
+            // 4*127*32640 < 2^24 (exact in f32), weighed 1/256 in the block's scale.
             let (lanes, limb_weight) = if TWO {
-                (_mm256_add_epi32(_mm256_madd_epi16(words(x.q), c254), _mm256_madd_epi16(words(x.q2), ones)), LIMB2)
+                (_mm256_add_epi32(_mm256_madd_epi16(words(x.q), join), _mm256_madd_epi16(words(x.q2), ones)), LIMB2)
             } else {
                 (_mm256_madd_epi16(words(x.q), ones), 1.0)
             };
@@ -516,15 +516,24 @@ pub unsafe fn quantize_block(
     };
     let y = v.map(|v| _mm256_mul_ps(v, _mm256_set1_ps(inv)));
     let r = y.map(round);
-    let sum = store(r.map(|r| _mm256_cvtps_epi32(r)), qb);
+    let mut q = r.map(|r| _mm256_cvtps_epi32(r));
     let mut sum2 = 0;
     if two_limbs {
-        // y - r is exact (Sterbenz) and in [-0.5, 0.5].
-        let q2: [__m256i; 4] = std::array::from_fn(|i| {
-            _mm256_cvtps_epi32(round(_mm256_mul_ps(_mm256_sub_ps(y[i], r[i]), _mm256_set1_ps(254.0))))
-        });
+        // y - r is exact (Sterbenz) and in [-0.5, 0.5]; t = 128 carries into q.
+        let mut q2 = [_mm256_setzero_si256(); 4];
+        for i in 0..4 {
+            let t = _mm256_sub_ps(
+                _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(y[i], r[i]), _mm256_set1_ps(256.0)), magic),
+                magic,
+            );
+            let carry = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_EQ_OQ>(t, _mm256_set1_ps(128.0)));
+            // carry lanes are -1: q - (-1), and -128 in place of 128.
+            q[i] = _mm256_sub_epi32(q[i], carry);
+            q2[i] = _mm256_blendv_epi8(_mm256_cvtps_epi32(t), _mm256_set1_epi32(-128), carry);
+        }
         sum2 = store(q2, qb2);
     }
+    let sum = store(q, qb);
     (d * 0.5, sum, sum2)
 }
 
@@ -581,12 +590,12 @@ pub unsafe fn mxfp4_words(blocks: &[u8], out: &mut [i16]) {
 /// Quantized packed-GEMM step ("int8"/"int16" precisions, m > 4) on one `QForm::Pairs`
 /// group: c[j * stride + t] for `QPANEL_ROWS` weight rows and the group's first 8 V
 /// tokens (V = 2, or 1 for a short last group). Per block, each pair of i16 weights is
-/// broadcast and `vpmaddwd` multiplies it with that pair of joined values (254 q + q2)
+/// broadcast and `vpmaddwd` multiplies it with that pair of joined values (256 q + q2)
 /// of 8 tokens, two products summed per dword: 16 multiply-adds per instruction, twice
 /// an f32 FMA's, issued as often on Zen 4 (two per cycle, with the `vpaddd` beside
 /// them; `gemm_panel_speed`: 75 against 56 multiply-adds per ns for `gemm_panel`). The
-/// dword sums of a block are exact (at most 32 * 12 * 32385 < 2^24), converted once,
-/// scaled by the tokens' d/2 / 254 and the block's scale: `generic::qgemm_panel_pairs`'s
+/// dword sums of a block are exact (at most 32 * 12 * 32640 < 2^24), converted once,
+/// scaled by the tokens' d/2 / 256 and the block's scale: `generic::qgemm_panel_pairs`'s
 /// steps.
 ///
 /// # Safety

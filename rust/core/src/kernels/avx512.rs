@@ -41,6 +41,13 @@ unsafe fn group_scales(sp: *const u8) -> __m512 {
     if has_special_scale(s4) {
         return table_scales(sp, 4);
     }
+    plain_scales(s4)
+}
+
+/// `group_scales` of four bytes none of which is 0 or 255: each `byte << 23`, the bits
+/// of 2^(byte - 127).
+#[inline(always)]
+unsafe fn plain_scales(s4: u32) -> __m512 {
     // Byte m of the broadcast dword, zero-extended into every dword of 128-bit lane m.
     let pattern = _mm512_set_epi32(
         0x8080_8003u32 as i32,
@@ -72,14 +79,15 @@ const SCALE_CHUNK: usize = 16;
 /// the bits of 2^(s - 127) for every byte but 0 and 255, so that one `vpshufb` of a
 /// broadcast quad gives a group's four f32 scales (`word_scales`), against a
 /// broadcast, a shuffle and a shift from the bytes. Writes all 4 * SCALE_CHUNK words
-/// (zeros past len); returns whether a byte is 0 or 255 (those take `group_scales`).
+/// (zeros past len); returns whether a byte lies outside [lo, hi] (within [1, 254]:
+/// then the chunk takes `group_scales` and `GroupX::exact_mult`).
 #[inline(always)]
-unsafe fn scale_words(sp: *const u8, len: usize, out: *mut u16) -> bool {
+unsafe fn scale_words(sp: *const u8, len: usize, out: *mut u16, lo: u8, hi: u8) -> bool {
     debug_assert!(len <= 4 * SCALE_CHUNK);
     let m = if len >= 64 { !0u64 } else { (1u64 << len) - 1 };
     let b = _mm512_maskz_loadu_epi8(m, sp as *const i8);
-    let special = _mm512_mask_cmpeq_epi8_mask(m, b, _mm512_setzero_si512())
-        | _mm512_mask_cmpeq_epi8_mask(m, b, _mm512_set1_epi8(-1));
+    let special = _mm512_mask_cmplt_epu8_mask(m, b, _mm512_set1_epi8(lo as i8))
+        | _mm512_mask_cmpgt_epu8_mask(m, b, _mm512_set1_epi8(hi as i8));
     let lo = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(b));
     let hi = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64::<1>(b));
     _mm512_storeu_si512(out as *mut __m512i, _mm512_slli_epi16::<7>(lo));
@@ -309,65 +317,122 @@ pub unsafe fn f32_tile(x: [&[f32]; 4], w: [&[f32]; 4], n: usize) -> [[f32; 4]; 4
 
 /// One group of four blocks of a quantized activation row, as the int GEMVs read it:
 /// per limb the even and odd elements (`vpdpbusd` operands against the low and high
-/// nibbles' codes) and the dword lanes' -12*sum(q) corrections, and each lane's d/2.
+/// nibbles' codes), the first limb's chain start and, with two limbs, the byte that
+/// joins the second (`decoded`), and what scales each lane (`mult`).
 #[derive(Clone, Copy)]
 struct GroupX {
     xe: __m512i,
     xo: __m512i,
-    nc: __m512i,
     xe2: __m512i,
     xo2: __m512i,
-    nc2: __m512i,
-    hd: __m512,
+    /// One limb: the lanes' -12*sum(q). Two: the joined lanes' correction c (-12 *
+    /// the sum of 256 q + q2) shifted right by 8, where the first limb's sum starts.
+    start: __m512i,
+    /// Two limbs: c's low byte in the top byte of each lane (`vpshldd` brings it in).
+    low: __m512i,
+    /// Per lane: its block's multiplier (d/2, over 256 with two limbs), or with
+    /// `FAST` its `QuantX::lane_scale_bits` (as f32 bits, for `vpaddd`).
+    mult: __m512,
 }
 
 impl GroupX {
     /// Full group `g` (`Grouped` order). Without `TWO` the second limb repeats the first
-    /// (unread).
+    /// (unread). `FAST` loads the multipliers' scale bits.
     #[inline(always)]
-    unsafe fn load<const TWO: bool>(x: &super::quant::QRow, g: usize) -> GroupX {
+    unsafe fn load<const TWO: bool, const FAST: bool>(x: &super::quant::QRow, g: usize) -> GroupX {
         let at = |q: &[i8], k: usize| _mm512_loadu_si512(q.as_ptr().add(g * 128 + k) as *const __m512i);
         let lanes = |c: &[i32]| _mm512_loadu_si512(c.as_ptr().add(g * 16) as *const __m512i);
-        let (xe, xo, nc) = (at(x.q, 0), at(x.q, 64), lanes(x.lane_neg_corr));
-        let (xe2, xo2, nc2) = if TWO { (at(x.q2, 0), at(x.q2, 64), lanes(x.lane_neg_corr2)) } else { (xe, xo, nc) };
-        GroupX { xe, xo, nc, xe2, xo2, nc2, hd: _mm512_loadu_ps(x.lane_half_d.as_ptr().add(g * 16)) }
+        let lanes_f = |c: &[f32]| _mm512_loadu_ps(c.as_ptr().add(g * 16));
+        let (xe, xo) = (at(x.q, 0), at(x.q, 64));
+        let mult = if FAST {
+            _mm512_castsi512_ps(lanes(x.lane_scale_bits))
+        } else if TWO {
+            lanes_f(x.lane_half_d_joint)
+        } else {
+            lanes_f(x.lane_half_d)
+        };
+        if TWO {
+            let (start, low) = split_correction(lanes(x.lane_neg_corr_joint));
+            GroupX { xe, xo, xe2: at(x.q2, 0), xo2: at(x.q2, 64), start, low, mult }
+        } else {
+            let start = lanes(x.lane_neg_corr);
+            GroupX { xe, xo, xe2: xe, xo2: xo, start, low: start, mult }
+        }
     }
 
     /// The `nb % 4` (1-3) blocks past the last full group, which the `Grouped` order
     /// keeps as 16 evens then 16 odds each, made a group whose missing blocks are zero
     /// (their products and corrections are then zero, whatever codes meet them).
+    /// Multipliers as floats (the tail takes `exact_mult`).
     #[inline(always)]
     unsafe fn tail<const TWO: bool>(x: &super::quant::QRow, nb: usize) -> GroupX {
+        use super::quant::{LIMB2, LIMB2_SHIFT};
         let first = nb / 4 * 4;
         let t = nb - first;
         debug_assert!((1..4).contains(&t));
         let (xe, xo, nc) = tail_limb(x.q, first, t);
-        let (xe2, xo2, nc2) = if TWO { tail_limb(x.q2, first, t) } else { (xe, xo, nc) };
         let hds = _mm512_maskz_loadu_ps((1 << t) - 1, x.half_d.as_ptr().add(first));
         let hd = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0), hds);
-        GroupX { xe, xo, nc, xe2, xo2, nc2, hd }
+        if TWO {
+            let (xe2, xo2, nc2) = tail_limb(x.q2, first, t);
+            let joint = _mm512_add_epi32(_mm512_slli_epi32::<LIMB2_SHIFT>(nc), nc2);
+            let (start, low) = split_correction(joint);
+            GroupX { xe, xo, xe2, xo2, start, low, mult: _mm512_mul_ps(hd, _mm512_set1_ps(LIMB2)) }
+        } else {
+            GroupX { xe, xo, xe2: xe, xo2: xo, start: nc, low: nc, mult: hd }
+        }
     }
 
     /// A line of codes (64 bytes: four blocks of one weight row) against this group:
-    /// each dword lane's exact integer sum (both limbs, the second weighing 1/254) times
-    /// its d/2, before the weight scales.
+    /// each dword lane's exact integer sum, in units of its `mult`.
     #[inline(always)]
-    unsafe fn line<const TWO: bool>(&self, v: __m512i) -> __m512 {
-        let (wl, wh) = int_codes(v);
+    unsafe fn line<const TWO: bool, const VBMI: bool>(&self, v: __m512i) -> __m512 {
+        let (wl, wh) = int_codes::<VBMI>(v);
         self.decoded::<TWO>(wl, wh)
     }
 
-    /// `line` from codes already made 2*E2M1+12 (low nibbles `wl`, high `wh`).
+    /// `line` from codes already made 2*E2M1+12 (low nibbles `wl`, high `wh`). With two
+    /// limbs the sum is joined in integers, 256 * s1 + s2 + c: the first limb's sum
+    /// starts from c >> 8, `vpshldd` shifts it left by 8 bringing in c's low byte, and
+    /// the second limb's sum goes on from there (at most 256*12192 + 12288 in
+    /// magnitude: exact in i32 and as f32). One shift where two conversions and an
+    /// FMA joined them as floats.
     #[inline(always)]
     unsafe fn decoded<const TWO: bool>(&self, wl: __m512i, wh: __m512i) -> __m512 {
-        use super::quant::LIMB2;
-        let mut f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(self.nc, wl, self.xe), wh, self.xo));
+        use super::quant::LIMB2_SHIFT;
+        let s1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(self.start, wl, self.xe), wh, self.xo);
         if TWO {
-            let f2 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(self.nc2, wl, self.xe2), wh, self.xo2));
-            f = _mm512_fmadd_ps(f2, _mm512_set1_ps(LIMB2), f);
+            let s2 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(self.low, wl, self.xe2), wh, self.xo2);
+            _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32::<LIMB2_SHIFT>(s1), s2))
+        } else {
+            _mm512_cvtepi32_ps(s1)
         }
-        _mm512_mul_ps(f, self.hd)
     }
+
+    /// Each lane's multiplier times its block's scale (`group_scales` layout), with
+    /// `FAST` as one integer add of the scale's bits (every scale byte in the rows'
+    /// `scale_range`: the product is then exact, a normal f32).
+    #[inline(always)]
+    unsafe fn fast_mult(&self, scales: __m512) -> __m512 {
+        _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(self.mult), _mm512_castps_si512(scales)))
+    }
+
+    /// The same product rounded by a multiply, for any scale (a NaN stays NaN; an
+    /// overflow is held at f32::MAX so that a zero sum stays zero): equal to
+    /// `fast_mult` wherever that one is exact, so the paths agree bit for bit.
+    #[inline(always)]
+    unsafe fn exact_mult(&self, scales: __m512) -> __m512 {
+        // min(a, b) returns b where either is NaN.
+        _mm512_min_ps(_mm512_set1_ps(f32::MAX), _mm512_mul_ps(self.mult, scales))
+    }
+}
+
+/// A joined lane correction c as the first limb's chain start, c >> 8 (arithmetic),
+/// and its low byte in each lane's top byte: 256 * (c >> 8) + (c & 255) = c.
+#[inline(always)]
+unsafe fn split_correction(c: __m512i) -> (__m512i, __m512i) {
+    use super::quant::LIMB2_SHIFT;
+    (_mm512_srai_epi32::<LIMB2_SHIFT>(c), _mm512_and_si512(c, _mm512_set1_epi32(255)))
 }
 
 /// One limb of `GroupX::tail`: its evens, odds and lane corrections (t blocks of q from
@@ -387,16 +452,22 @@ unsafe fn tail_limb(q: &[i8], first: usize, t: usize) -> (__m512i, __m512i, __m5
     (xe, xo, _mm512_sub_epi32(_mm512_setzero_si512(), c))
 }
 
-/// A line of MXFP4 codes as u8 2*E2M1+12, low nibbles and high (`vpshufb`: measured
-/// faster here than an unmasked `vpermb`).
+/// A line of MXFP4 codes as u8 2*E2M1+12, low nibbles and high. With `VBMI`, `vpermb`
+/// looks up the 16 codes with the low 6 bits of each byte, so the table is repeated
+/// four times and no mask is needed: two lookups and one shift per line (the int16
+/// GEMV's lines 8-12% faster than with the masks). Without it (Cascade Lake),
+/// `vpshufb` of the masked nibbles.
 #[inline(always)]
-unsafe fn int_codes(v: __m512i) -> (__m512i, __m512i) {
+unsafe fn int_codes<const VBMI: bool>(v: __m512i) -> (__m512i, __m512i) {
     use super::quant::W2_PLUS_12;
     let lut = _mm512_broadcast_i32x4(_mm_loadu_si128(W2_PLUS_12.as_ptr() as *const __m128i));
-    let nib = _mm512_set1_epi8(0x0f);
-    let wl = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, nib));
-    let wh = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib));
-    (wl, wh)
+    let high = _mm512_srli_epi16::<4>(v);
+    if VBMI {
+        (_mm512_permutexvar_epi8(v, lut), _mm512_permutexvar_epi8(high, lut))
+    } else {
+        let nib = _mm512_set1_epi8(0x0f);
+        (_mm512_shuffle_epi8(lut, _mm512_and_si512(v, nib)), _mm512_shuffle_epi8(lut, _mm512_and_si512(high, nib)))
+    }
 }
 
 /// The scales of t <= 4 blocks at `sp` through the E8M0 table (any byte), laid out as
@@ -416,14 +487,29 @@ unsafe fn tail_codes(p: *const u8, t: usize) -> __m512i {
     _mm512_maskz_loadu_epi8((1u64 << (16 * t)) - 1, p as *const i8)
 }
 
+/// Whether every byte of `s` lies in [lo, hi].
+#[inline(always)]
+unsafe fn bytes_within(s: &[u8], lo: u8, hi: u8) -> bool {
+    let (lo, hi) = (_mm512_set1_epi8(lo as i8), _mm512_set1_epi8(hi as i8));
+    s.chunks(64).all(|c| {
+        let b =
+            _mm512_maskz_loadu_epi8(if c.len() == 64 { !0 } else { (1u64 << c.len()) - 1 }, c.as_ptr() as *const i8);
+        (_mm512_cmplt_epu8_mask(b, lo) | _mm512_cmpgt_epu8_mask(b, hi)) == 0
+    })
+}
+
 /// "int8" precision with AVX-512 VNNI: four MXFP4 rows against M quantized activation
 /// rows (`Grouped` order; M = 1..4, the GEMV path). Codes become 2*E2M1+12
-/// (`int_codes`); `vpdpbusd` sums u8 x s8
-/// products exactly into 16 dword lanes (four per block), starting from the lanes'
-/// -12*sum(q) correction; each lane is then scaled by its block's d/2 and scale. The
-/// blocks past the last full group are one more group, zero-padded (`GroupX::tail`),
-/// summed into the same lanes as `mxfp4_rows_int8` sums them, so both kernels give a
-/// row the same bits.
+/// (`int_codes`); `vpdpbusd` sums u8 x s8 products exactly into 16 dword lanes (four
+/// per block), starting from the lanes' -12*sum(q) correction (`GroupX::decoded`); each
+/// lane is then scaled by its block's d/2 and scale in one FMA. The blocks past the
+/// last full group are one more group, zero-padded (`GroupX::tail`), summed into the
+/// same lanes as `mxfp4_rows_int8` sums them, so both kernels give a row the same bits.
+///
+/// Where every scale byte of the call lies in the activation rows' `scale_range`
+/// (always, for real weights and activations), a lane's d/2 times its scale is one
+/// integer add (`GroupX::fast_mult`), off the multiply pipes that the `vpdpbusd`s
+/// fill; else a multiply (`exact_mult`), to the same bits.
 ///
 /// Groups outer, weight rows next, activation rows inner: each group of codes is
 /// decoded once for the M activation rows, and the activations stay in L1. The four
@@ -432,11 +518,33 @@ unsafe fn tail_codes(p: *const u8, t: usize) -> __m512i {
 /// each quarter of its task, so that is four calls ahead in the same stream.
 ///
 /// # Safety
-/// avx512f/bw/vl/vnni; sizes as for `mxfp4_dot4`, every `xs[i]` quantized in `Grouped`
-/// order. With `TWO`, the second limb ("int16" precision) is summed alike and added
-/// with weight 1/254 before the scaling.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+/// avx512f/bw/vl/vnni/vbmi; sizes as for `mxfp4_dot4`, every `xs[i]` quantized in
+/// `Grouped` order. With `TWO`, the second limb ("int16" precision) is joined to the
+/// first (`GroupX::decoded`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
 pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
+    xs: &[&super::quant::QRow; M],
+    blocks: [&[u8]; 4],
+    scales: [&[u8]; 4],
+) -> [[f32; 4]; M] {
+    dot4_int8::<TWO, M, true>(xs, blocks, scales)
+}
+
+/// `mxfp4_dot4_int8` without VBMI (`int_codes`); the same bits.
+///
+/// # Safety
+/// avx512f/bw/vl/vnni; as `mxfp4_dot4_int8`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn mxfp4_dot4_int8_no_vbmi<const TWO: bool, const M: usize>(
+    xs: &[&super::quant::QRow; M],
+    blocks: [&[u8]; 4],
+    scales: [&[u8]; 4],
+) -> [[f32; 4]; M] {
+    dot4_int8::<TWO, M, false>(xs, blocks, scales)
+}
+
+#[inline(always)]
+unsafe fn dot4_int8<const TWO: bool, const M: usize, const VBMI: bool>(
     xs: &[&super::quant::QRow; M],
     blocks: [&[u8]; 4],
     scales: [&[u8]; 4],
@@ -444,7 +552,8 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
     let nb = scales[0].len();
     let groups = nb / 4;
     for x in xs {
-        debug_assert!(x.q.len() >= nb * BLOCK && x.lane_neg_corr.len() >= groups * 16);
+        debug_assert!(x.q.len() >= nb * BLOCK && x.lane_scale_bits.len() >= groups * 16);
+        debug_assert!(!TWO || (x.q2.len() >= nb * BLOCK && x.lane_neg_corr_joint.len() >= groups * 16));
     }
     for r in 0..4 {
         debug_assert!(blocks[r].len() >= nb * BLOCK_BYTES && scales[r].len() >= nb);
@@ -453,15 +562,21 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
     for r in 0..4 {
         _mm_prefetch::<_MM_HINT_T0>(scales[r].as_ptr().add(4 * nb) as *const i8);
     }
+    let (lo, hi) = xs.iter().fold((1, 254), |(lo, hi), x| (x.scale_lo.max(lo), x.scale_hi.min(hi)));
+    let fast = lo <= hi && scales.iter().all(|s| bytes_within(&s[..groups * 4], lo, hi));
     let mut acc = [[_mm512_setzero_ps(); 4]; M];
     for g in 0..groups {
         for r in 0..4 {
             _mm_prefetch::<_MM_HINT_T1>(blocks[r].as_ptr().add(g * 4 * BLOCK_BYTES).wrapping_add(ahead) as *const i8);
         }
-        dot4_group::<TWO, M>(xs, &blocks, &scales, Some(g), &mut acc);
+        if fast {
+            dot4_group::<TWO, M, true, VBMI>(xs, &blocks, &scales, Some(g), &mut acc);
+        } else {
+            dot4_group::<TWO, M, false, VBMI>(xs, &blocks, &scales, Some(g), &mut acc);
+        }
     }
     if nb % 4 > 0 {
-        dot4_group::<TWO, M>(xs, &blocks, &scales, None, &mut acc);
+        dot4_group::<TWO, M, false, VBMI>(xs, &blocks, &scales, None, &mut acc);
     }
     let mut out = [[0f32; 4]; M];
     for i in 0..M {
@@ -473,11 +588,11 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
 }
 
 /// One group of `mxfp4_dot4_int8`: full group `g`, or with None the zero-padded group of
-/// the blocks past the last full one. The four rows' codes are decoded once, then
-/// summed against each activation row into `acc`. Inlined into each call site, where
-/// `g` is known to be Some or None.
+/// the blocks past the last full one (never `FAST`). The four rows' codes are decoded
+/// once, then summed against each activation row into `acc`. Inlined into each call
+/// site, where `g` is known to be Some or None.
 #[inline(always)]
-unsafe fn dot4_group<const TWO: bool, const M: usize>(
+unsafe fn dot4_group<const TWO: bool, const M: usize, const FAST: bool, const VBMI: bool>(
     xs: &[&super::quant::QRow; M],
     blocks: &[&[u8]; 4],
     scales: &[&[u8]; 4],
@@ -495,16 +610,21 @@ unsafe fn dot4_group<const TWO: bool, const M: usize>(
     for r in 0..4 {
         let (bp, sp) = (blocks[r].as_ptr().add(first * BLOCK_BYTES), scales[r].as_ptr().add(first));
         let codes = if g.is_some() { _mm512_loadu_si512(bp as *const __m512i) } else { tail_codes(bp, t) };
-        (wl[r], wh[r]) = int_codes(codes);
-        sc[r] = if g.is_some() { group_scales(sp) } else { table_scales(sp, t) };
+        (wl[r], wh[r]) = int_codes::<VBMI>(codes);
+        sc[r] = match g {
+            Some(_) if FAST => plain_scales((sp as *const u32).read_unaligned()),
+            Some(_) => group_scales(sp),
+            None => table_scales(sp, t),
+        };
     }
     for (x, acc) in xs.iter().zip(acc.iter_mut()) {
         let gx = match g {
-            Some(g) => GroupX::load::<TWO>(x, g),
+            Some(g) => GroupX::load::<TWO, FAST>(x, g),
             None => GroupX::tail::<TWO>(x, nb),
         };
         for r in 0..4 {
-            acc[r] = _mm512_fmadd_ps(gx.decoded::<TWO>(wl[r], wh[r]), sc[r], acc[r]);
+            let mult = if FAST { gx.fast_mult(sc[r]) } else { gx.exact_mult(sc[r]) };
+            acc[r] = _mm512_fmadd_ps(gx.decoded::<TWO>(wl[r], wh[r]), mult, acc[r]);
         }
     }
 }
@@ -520,20 +640,49 @@ pub const ROW_BLOCK: usize = 8;
 /// `mxfp4_dot4_int8`, whose four rows are also four interleaved streams. While a block
 /// is computed, `next` (the next block's codes; `next_scales` its scales) is
 /// prefetched into L2 line by line, in address order: one stream, and the block's
-/// 11.5 KB are read from L2. From L1 it takes about 10 cycles per line with two limbs,
-/// where its instructions alone issue in 7.5 on Zen 4 (README, "What limits each
-/// figure"): at 2 threads it streams 28-35 GB/s of weights whatever the DRAM's minute.
+/// 11.5 KB are read from L2. A line takes 12 vector operations with two limbs (two
+/// `vpermb`, a shift, four `vpdpbusd`, the `vpshldd` join, a conversion, the scales'
+/// shuffle, the `vpaddd` of `fast_mult`, an FMA): at 2 threads it streams about
+/// 30-38 GB/s of weights whatever the DRAM's minute (README, "What limits each figure").
 ///
 /// The scales are made bf16 words a chunk at a time (`scale_words`), so that a line's
-/// four take one shuffle. The blocks past the last full group are one more, zero-padded
-/// group, as in `mxfp4_dot4_int8`.
+/// four take one shuffle; a chunk with a byte outside the row's `scale_range` (a 0 or
+/// 255, or extreme activations) takes `exact_mult` from the bytes. The blocks past the
+/// last full group are one more, zero-padded group, as in `mxfp4_dot4_int8`.
 ///
 /// # Safety
-/// avx512f/bw/vl/vnni; `blocks` and `scales` hold `ROW_BLOCK` rows of nb blocks
-/// (nb = scales.len() / ROW_BLOCK), `x` quantized in `Grouped` order from 32 * nb values
-/// (two limbs if `TWO`). `next`/`next_scales` are only prefetched (any address).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+/// avx512f/bw/vl/vnni/vbmi; `blocks` and `scales` hold `ROW_BLOCK` rows of nb
+/// blocks (nb = scales.len() / ROW_BLOCK), `x` quantized in `Grouped` order from
+/// 32 * nb values (two limbs if `TWO`). `next`/`next_scales` are only prefetched (any
+/// address).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
 pub unsafe fn mxfp4_rows_int8<const TWO: bool>(
+    x: &super::quant::QRow,
+    blocks: &[u8],
+    scales: &[u8],
+    next: *const u8,
+    next_scales: *const u8,
+) -> [f32; ROW_BLOCK] {
+    rows_int8::<TWO, true>(x, blocks, scales, next, next_scales)
+}
+
+/// `mxfp4_rows_int8` without VBMI (`int_codes`); the same bits.
+///
+/// # Safety
+/// avx512f/bw/vl/vnni; as `mxfp4_rows_int8`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn mxfp4_rows_int8_no_vbmi<const TWO: bool>(
+    x: &super::quant::QRow,
+    blocks: &[u8],
+    scales: &[u8],
+    next: *const u8,
+    next_scales: *const u8,
+) -> [f32; ROW_BLOCK] {
+    rows_int8::<TWO, false>(x, blocks, scales, next, next_scales)
+}
+
+#[inline(always)]
+unsafe fn rows_int8<const TWO: bool, const VBMI: bool>(
     x: &super::quant::QRow,
     blocks: &[u8],
     scales: &[u8],
@@ -545,39 +694,31 @@ pub unsafe fn mxfp4_rows_int8<const TWO: bool>(
     let groups = nb / 4;
     let rb = nb * BLOCK_BYTES;
     debug_assert!(blocks.len() >= R * rb && scales.len() >= R * nb);
-    debug_assert!(x.q.len() >= nb * BLOCK && x.lane_neg_corr.len() >= groups * 16);
-    debug_assert!(!TWO || (x.q2.len() >= nb * BLOCK && x.lane_neg_corr2.len() >= groups * 16));
+    debug_assert!(x.q.len() >= nb * BLOCK && x.lane_scale_bits.len() >= groups * 16);
+    debug_assert!(!TWO || (x.q2.len() >= nb * BLOCK && x.lane_neg_corr_joint.len() >= groups * 16));
     let (bp, sp) = (blocks.as_ptr(), scales.as_ptr());
     let mut acc = [_mm512_setzero_ps(); R];
-    // Group g's lines of the R rows into acc, row j's scales from `scale(j)`.
-    let group = |g: usize, acc: &mut [__m512; R], scale: &dyn Fn(usize) -> __m512| {
-        let gx = GroupX::load::<TWO>(x, g);
-        if g < R * nb / 64 + 1 {
-            _mm_prefetch::<_MM_HINT_T1>(next_scales.wrapping_add(g * 64) as *const i8);
-        }
-        for j in 0..R {
-            _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add((g * R + j) * 64) as *const i8);
-            let v = _mm512_loadu_si512(bp.add(j * rb + g * 64) as *const __m512i);
-            acc[j] = _mm512_fmadd_ps(gx.line::<TWO>(v), scale(j), acc[j]);
-        }
-    };
-    // SCALE_CHUNK groups at a time, their scales first made words (or, with a 0 or 255
-    // among them, read as bytes line by line).
+    let rows = RowsBlock { bp, rb, nb, next, next_scales };
+    // SCALE_CHUNK groups at a time, their scales first made words (or, with a byte
+    // outside the row's scale range among them, read as bytes line by line).
     let mut words = std::mem::MaybeUninit::<[[u16; 4 * SCALE_CHUNK]; R]>::uninit();
     let wp = words.as_mut_ptr() as *mut u16;
     for c0 in (0..groups).step_by(SCALE_CHUNK) {
         let c1 = groups.min(c0 + SCALE_CHUNK);
-        let mut special = false;
+        let mut special = x.scale_lo > x.scale_hi;
         for j in 0..R {
-            special |= scale_words(sp.add(j * nb + c0 * 4), 4 * (c1 - c0), wp.add(j * 4 * SCALE_CHUNK));
+            let at = j * nb + c0 * 4;
+            special |= scale_words(sp.add(at), 4 * (c1 - c0), wp.add(j * 4 * SCALE_CHUNK), x.scale_lo, x.scale_hi);
         }
         if special {
             for g in c0..c1 {
-                group(g, &mut acc, &|j| group_scales(sp.add(j * nb + g * 4)));
+                rows.group::<TWO, false, VBMI>(x, g, &mut acc, |j| group_scales(sp.add(j * nb + g * 4)));
             }
         } else {
             for g in c0..c1 {
-                group(g, &mut acc, &|j| word_scales(wp.add(j * 4 * SCALE_CHUNK + (g - c0) * 4)));
+                rows.group::<TWO, true, VBMI>(x, g, &mut acc, |j| {
+                    word_scales(wp.add(j * 4 * SCALE_CHUNK + (g - c0) * 4))
+                });
             }
         }
     }
@@ -587,13 +728,49 @@ pub unsafe fn mxfp4_rows_int8<const TWO: bool>(
         let gx = GroupX::tail::<TWO>(x, nb);
         for j in 0..R {
             let v = tail_codes(bp.add(j * rb + groups * 64), t);
-            acc[j] = _mm512_fmadd_ps(gx.line::<TWO>(v), table_scales(sp.add(j * nb + groups * 4), t), acc[j]);
+            let mult = gx.exact_mult(table_scales(sp.add(j * nb + groups * 4), t));
+            acc[j] = _mm512_fmadd_ps(gx.line::<TWO, VBMI>(v), mult, acc[j]);
         }
     }
     for k in groups * R..R * rb / 64 + 1 {
         _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(k * 64) as *const i8);
     }
     acc.map(|a| hsum(a))
+}
+
+/// The weight rows of one `mxfp4_rows_int8` call: codes at `bp`, `rb` bytes (nb blocks)
+/// per row, and what to prefetch.
+struct RowsBlock {
+    bp: *const u8,
+    rb: usize,
+    nb: usize,
+    next: *const u8,
+    next_scales: *const u8,
+}
+
+impl RowsBlock {
+    /// Group g's lines of the `ROW_BLOCK` rows into acc, row j's scales from `scale(j)`
+    /// (`FAST`: each in the row's scale range, as f32 bits).
+    #[inline(always)]
+    unsafe fn group<const TWO: bool, const FAST: bool, const VBMI: bool>(
+        &self,
+        x: &super::quant::QRow,
+        g: usize,
+        acc: &mut [__m512; ROW_BLOCK],
+        scale: impl Fn(usize) -> __m512,
+    ) {
+        const R: usize = ROW_BLOCK;
+        let gx = GroupX::load::<TWO, FAST>(x, g);
+        if g < R * self.nb / 64 + 1 {
+            _mm_prefetch::<_MM_HINT_T1>(self.next_scales.wrapping_add(g * 64) as *const i8);
+        }
+        for j in 0..R {
+            _mm_prefetch::<_MM_HINT_T1>(self.next.wrapping_add((g * R + j) * 64) as *const i8);
+            let v = _mm512_loadu_si512(self.bp.add(j * self.rb + g * 64) as *const __m512i);
+            let mult = if FAST { gx.fast_mult(scale(j)) } else { gx.exact_mult(scale(j)) };
+            acc[j] = _mm512_fmadd_ps(gx.line::<TWO, VBMI>(v), mult, acc[j]);
+        }
+    }
 }
 
 /// 4x4 tile of dot products straight from bf16 weight rows (widened in registers, no
@@ -1004,15 +1181,19 @@ pub unsafe fn quantize_block(
     for h in 0..2 {
         let y = _mm512_mul_ps(v[h], _mm512_set1_ps(inv));
         let r = round(y);
-        let q = _mm512_cvtps_epi32(r);
-        _mm_storeu_si128(qb.as_mut_ptr().add(16 * h) as *mut __m128i, _mm512_cvtsepi32_epi8(q));
-        sum += _mm512_reduce_add_epi32(q);
+        let mut q = _mm512_cvtps_epi32(r);
         if two_limbs {
-            // y - r is exact (Sterbenz) and in [-0.5, 0.5].
-            let q2 = _mm512_cvtps_epi32(round(_mm512_mul_ps(_mm512_sub_ps(y, r), _mm512_set1_ps(254.0))));
+            // y - r is exact (Sterbenz) and in [-0.5, 0.5]; t = 128 carries into q.
+            let t =
+                _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(y, r), _mm512_set1_ps(256.0)), magic), magic);
+            let carry = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(t, _mm512_set1_ps(128.0));
+            q = _mm512_mask_add_epi32(q, carry, q, _mm512_set1_epi32(1));
+            let q2 = _mm512_mask_mov_epi32(_mm512_cvtps_epi32(t), carry, _mm512_set1_epi32(-128));
             _mm_storeu_si128(qb2.as_mut_ptr().add(16 * h) as *mut __m128i, _mm512_cvtsepi32_epi8(q2));
             sum2 += _mm512_reduce_add_epi32(q2);
         }
+        _mm_storeu_si128(qb.as_mut_ptr().add(16 * h) as *mut __m128i, _mm512_cvtsepi32_epi8(q));
+        sum += _mm512_reduce_add_epi32(q);
     }
     (d * 0.5, sum, sum2)
 }

@@ -155,8 +155,8 @@ pub fn mxfp4_words(blocks: &[u8], out: &mut [i16]) {
 /// Quantized packed-GEMM step on `QForm::Pairs` groups, any number of rows and groups:
 /// c[j][16 g + t] (see `avx2::qgemm_panel_pairs`, whose sums this repeats exactly, in
 /// the same order of f32 steps). Per block the exact integer sum of the weight words
-/// times the joined values (at most 32 * 12 * 32385 < 2^24 in magnitude: exact in f32),
-/// times the token's d/2 (over 254 with two limbs), then the block's scale.
+/// times the joined values (at most 32 * 12 * 32640 < 2^24 in magnitude: exact in f32),
+/// times the token's d/2 (over 256 with two limbs), then the block's scale.
 pub fn qgemm_panel_pairs(words: &[&[i16]], scales: &[&[f32]], xg: &[super::quant::QGroup], nb: usize, c: &mut [f32]) {
     use super::quant::{PAIRS, QPACK_TOKENS as T};
     let g = xg.len();

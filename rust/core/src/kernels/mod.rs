@@ -393,7 +393,9 @@ fn dot4_int8<const TWO: bool, const M: usize>(isa: Isa, xs: &[&QRow; M], w: &Wei
     match isa {
         // The AVX-512 kernel decodes each code group once for all M rows.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if vnni() => unsafe { avx512::mxfp4_dot4_int8::<TWO, M>(xs, b, s) },
+        Isa::Avx512 if vnni() && vbmi() => unsafe { avx512::mxfp4_dot4_int8::<TWO, M>(xs, b, s) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if vnni() => unsafe { avx512::mxfp4_dot4_int8_no_vbmi::<TWO, M>(xs, b, s) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Avx2 => unsafe { avx2::mxfp4_dot4_int8::<TWO, M>(xs, b, s) },
         #[cfg(target_arch = "aarch64")]
@@ -421,9 +423,15 @@ fn vnni() -> bool {
     is_x86_feature_detected!("avx512vnni")
 }
 
-/// Whether `dot4_int8`'s MXFP4 kernel on this path is the AVX2 one (AVX2, or AVX-512
-/// without VNNI), the only reader of the quantizer's joined-limb lanes; its quantized
-/// packed GEMM then joins them too (`quant::QForm::Pairs`).
+/// Whether the AVX-512 int GEMVs can decode codes with `vpermb` (cached by std; Ice
+/// Lake and Zen 4 on, not Cascade Lake).
+#[cfg(target_arch = "x86_64")]
+fn vbmi() -> bool {
+    is_x86_feature_detected!("avx512vbmi")
+}
+
+/// Whether the quantized packed GEMM on this path takes the limbs joined as i16s for
+/// `vpmaddwd` (`quant::QForm::Pairs`: AVX2, or AVX-512 without VNNI).
 fn joins_limbs(isa: Isa) -> bool {
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -900,11 +908,13 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
                 let (nb_, ns_) = w.mxfp4_rows(if r + ROW_BLOCK < full { r + ROW_BLOCK } else { r }, ROW_BLOCK);
                 // SAFETY: the path was selected for this CPU; x was quantized in the
                 // Grouped order from this job's activations.
+                let (nb_, ns_) = (nb_.as_ptr(), ns_.as_ptr());
                 let d = unsafe {
-                    if p.two {
-                        avx512::mxfp4_rows_int8::<true>(&x, blocks, scales, nb_.as_ptr(), ns_.as_ptr())
-                    } else {
-                        avx512::mxfp4_rows_int8::<false>(&x, blocks, scales, nb_.as_ptr(), ns_.as_ptr())
+                    match (p.two, vbmi()) {
+                        (true, true) => avx512::mxfp4_rows_int8::<true>(&x, blocks, scales, nb_, ns_),
+                        (false, true) => avx512::mxfp4_rows_int8::<false>(&x, blocks, scales, nb_, ns_),
+                        (true, false) => avx512::mxfp4_rows_int8_no_vbmi::<true>(&x, blocks, scales, nb_, ns_),
+                        (false, false) => avx512::mxfp4_rows_int8_no_vbmi::<false>(&x, blocks, scales, nb_, ns_),
                     }
                 };
                 for (j, &v) in d.iter().enumerate() {

@@ -94,7 +94,7 @@ unsafe fn dot32_sdot(a0: int8x16_t, a1: int8x16_t, b0: int8x16_t, b1: int8x16_t)
     vaddvq_s32(acc)
 }
 
-/// A block's value with one activation limb `q`, or two (`TWO`: `q2` weighs 1/254), as
+/// A block's value with one activation limb `q`, or two (`TWO`: `q2` weighs 1/256), as
 /// the scalar twins combine the exact sums (`w` and each limb in the same lane order);
 /// with `SDOT` the sums come from `sdot` (only inlined where dotprod is enabled).
 #[inline(always)]

@@ -1,14 +1,17 @@
 //! Activation quantization for the "int8" and "int16" precisions: per 32-value block,
 //! x ≈ d * q with d = amax / 127 and q = round(x / d) in [-127, 127]. "int16" adds a
-//! second int8 limb for the remainder: x ≈ d * (q + q2 / 254), q2 = round((x/d - q) * 254).
-//! Weights stay exact: twice an E2M1 value is an integer in [-12, 12], so each block's
-//! dot product with each limb is an exact integer sum, scaled once by d/2 and the
-//! block's E8M0 scale.
+//! second int8 limb for the remainder: x ≈ d * (q + q2 / 256), q2 = round((x/d - q) * 256)
+//! in [-128, 127] (where that rounds to 128, q takes one more and q2 is -128: the same
+//! value). Weights stay exact: twice an E2M1 value is an integer in [-12, 12], so each
+//! block's dot product with each limb is an exact integer sum, scaled once by d/2 and
+//! the block's E8M0 scale.
 //!
-//! Error per element: |x - d q| <= d/2 = amax/254 (int8), amax/64516 (int16). The AVX2
-//! int16 kernel takes the limbs joined as one integer, 254 q + q2 (the same value). A row's
-//! result is off by at most sum_b (amax_b / 254 or / 64516) * sum_j |w_bj|, plus the f32
-//! rounding of the per-block sums.
+//! Error per element: |x - d q| <= d/2 = amax/254 (int8), d/512 = amax/65024 (int16).
+//! The limbs weigh 256 and 1, so the x86 int16 kernels join them as one integer, 256 q +
+//! q2 (a shift; at most 32640 in magnitude), and the second limb's weight is a power of
+//! two: converting the joined sum is exact. A row's result is off by at most
+//! sum_b (amax_b / 254 or / 65024) * sum_j |w_bj|, plus the f32 rounding of the
+//! per-block sums.
 //!
 //! Three orders of q: `Natural` (the scalar twins), `Grouped` (the SIMD MXFP4 kernels):
 //! per four blocks, 64 bytes holding the even elements block by block, then 64 bytes of
@@ -58,10 +61,19 @@ pub struct QuantX {
     pub corr2: Vec<i32>,
     pub lane_neg_corr2: Vec<i32>,
     /// Grouped with two limbs, [rows, groups, 16]: the limbs joined as one integer
-    /// 254 q + q2 (the AVX2 kernel's form): each lane's -12 * (sum of its 8 joined
-    /// values), and its d/2 / 254.
+    /// 256 q + q2 (the x86 kernels' form): each lane's -12 * (sum of its 8 joined
+    /// values), and its d/2 / 256.
     pub lane_neg_corr_joint: Vec<i32>,
     pub lane_half_d_joint: Vec<f32>,
+    /// Grouped, [rows, groups, 16]: what multiplies each lane's integer sum (d/2 / 256
+    /// with two limbs, d/2 with one) as its f32 bits minus those of 1.0; 0 for a block
+    /// quantized to zero. Adding a block's E8M0 scale byte << 23 gives the bits of
+    /// that multiplier times the scale, exactly, for every byte in the row's
+    /// `scale_range`: one integer add where a multiply would be (AVX-512 int GEMVs).
+    pub lane_scale_bits: Vec<i32>,
+    /// Grouped, per row: the E8M0 bytes [lo, hi] for which every lane's sum above is
+    /// a normal f32 (lo > hi, none, where a block is not finite).
+    pub scale_range: Vec<[u8; 2]>,
 }
 
 /// One row's view.
@@ -76,6 +88,10 @@ pub struct QRow<'a> {
     pub lane_neg_corr2: &'a [i32],
     pub lane_neg_corr_joint: &'a [i32],
     pub lane_half_d_joint: &'a [f32],
+    pub lane_scale_bits: &'a [i32],
+    /// `QuantX::scale_range` ([1, 254] outside Grouped).
+    pub scale_lo: u8,
+    pub scale_hi: u8,
 }
 
 /// Blocks whose amax is below this (2^-100) quantize to zero: their scale d = amax/127
@@ -83,8 +99,11 @@ pub struct QRow<'a> {
 /// amax_b * sum|w_b| each to a result's error.
 pub const TINY: f32 = 7.888_609e-31;
 
-/// Weight of the second limb.
-pub const LIMB2: f32 = 1.0 / 254.0;
+/// Weight of the second limb: 1 / LIMB2_JOIN.
+pub const LIMB2: f32 = 1.0 / 256.0;
+/// The limbs joined as one integer: LIMB2_JOIN * q + q2 (`1 << LIMB2_SHIFT`).
+pub const LIMB2_JOIN: i32 = 256;
+pub const LIMB2_SHIFT: u32 = 8;
 
 impl QuantX {
     pub fn row(&self, i: usize) -> QRow<'_> {
@@ -108,6 +127,9 @@ impl QuantX {
             lane_neg_corr2: part(&self.lane_neg_corr2, i, ng),
             lane_neg_corr_joint: part(&self.lane_neg_corr_joint, i, ng),
             lane_half_d_joint: part(&self.lane_half_d_joint, i, ng),
+            lane_scale_bits: part(&self.lane_scale_bits, i, ng),
+            scale_lo: self.scale_range.get(i).map_or(1, |r| r[0]),
+            scale_hi: self.scale_range.get(i).map_or(254, |r| r[1]),
         }
     }
 
@@ -131,12 +153,17 @@ impl QuantX {
         self.q2.resize(l2 * m * n, 0);
         self.corr2.resize(l2 * m * nb, 0);
         self.lane_neg_corr2.resize(l2 * lanes, 0);
-        let joint = if two_limbs && layout == QLayout::Grouped && super::joins_limbs(isa) { lanes } else { 0 };
+        let grouped = layout == QLayout::Grouped;
+        let joint = if two_limbs && grouped { lanes } else { 0 };
         self.lane_neg_corr_joint.resize(joint, 0);
         self.lane_half_d_joint.resize(joint, 0.0);
+        self.lane_scale_bits.resize(if grouped { lanes } else { 0 }, 0);
+        self.scale_range.clear();
         let mut qb = [0i8; BLOCK];
         let mut qb2 = [0i8; BLOCK];
         for i in 0..m {
+            // The scale bytes e with E + e - 127 in [1, 254] for every lane's exponent E.
+            let (mut lo, mut hi) = (1i32, 254i32);
             for b in 0..nb {
                 let xb = &x[i * n + b * BLOCK..i * n + (b + 1) * BLOCK];
                 let (half_d, sum, sum2) = quantize_block_on(isa, xb, two_limbs, &mut qb, &mut qb2);
@@ -164,17 +191,29 @@ impl QuantX {
                         &mut self.lane_neg_corr2[lane_range],
                     );
                 }
-                if layout == QLayout::Grouped && b < groups * 4 {
+                if grouped && b < groups * 4 {
                     let first = i * groups * 16 + (b / 4) * 16 + (b % 4) * 4;
-                    self.lane_half_d[first..first + 4].fill(self.half_d[i * nb + b]);
+                    self.lane_half_d[first..first + 4].fill(half_d);
                     if joint > 0 {
                         for l in first..first + 4 {
-                            // At most 254 * 12192 + 12192 in magnitude.
-                            self.lane_neg_corr_joint[l] = 254 * self.lane_neg_corr[l] + self.lane_neg_corr2[l];
+                            // At most 256 * 12192 + 12288 in magnitude.
+                            self.lane_neg_corr_joint[l] = LIMB2_JOIN * self.lane_neg_corr[l] + self.lane_neg_corr2[l];
                         }
-                        self.lane_half_d_joint[first..first + 4].fill(self.half_d[i * nb + b] * LIMB2);
+                        self.lane_half_d_joint[first..first + 4].fill(half_d * LIMB2);
+                    }
+                    let mult = if two_limbs { half_d * LIMB2 } else { half_d };
+                    let bits = if mult == 0.0 { 0 } else { mult.to_bits() as i32 - 1f32.to_bits() as i32 };
+                    self.lane_scale_bits[first..first + 4].fill(bits);
+                    let e = (mult.to_bits() >> 23) as i32;
+                    if !mult.is_finite() || (mult != 0.0 && e == 0) {
+                        (lo, hi) = (255, 0);
+                    } else if mult != 0.0 {
+                        (lo, hi) = (lo.max(128 - e), hi.min(381 - e));
                     }
                 }
+            }
+            if grouped {
+                self.scale_range.push([lo.clamp(0, 255) as u8, hi.clamp(0, 255) as u8]);
             }
         }
     }
@@ -213,8 +252,15 @@ fn quantize_block(xb: &[f32], two_limbs: bool, qb: &mut [i8; BLOCK], qb2: &mut [
         *q = r as i8;
         sum += *q as i32;
         if two_limbs {
-            // y - r is exact (Sterbenz) and in [-0.5, 0.5].
-            *q2 = ((((y - r) * 254.0) + MAGIC) - MAGIC).clamp(-127.0, 127.0) as i8;
+            // y - r is exact (Sterbenz) and in [-0.5, 0.5], so t is in [-128, 128]; 128
+            // (y - r >= 127.5/256, so r <= 126) carries into q.
+            let t = ((y - r) * 256.0 + MAGIC) - MAGIC;
+            let carry = t == 128.0;
+            *q2 = if carry { -128 } else { t as i8 };
+            if carry {
+                *q += 1;
+                sum += 1;
+            }
             sum2 += *q2 as i32;
         }
     }
@@ -252,9 +298,9 @@ pub struct QPack {
     pub q: Vec<i8>,
     /// Quads: [groups][nb][limbs][16 tokens]: -12 * sum(q) of each token's block
     pub neg_corr: Vec<i32>,
-    /// [groups][nb][16 tokens]: d/2 of each token's block (Pairs with two limbs: d/2 / 254)
+    /// [groups][nb][16 tokens]: d/2 of each token's block (Pairs with two limbs: d/2 / 256)
     pub half_d: Vec<f32>,
-    /// Pairs: [groups][nb][PAIRS][16 tokens][2]: 254 q + q2 (two limbs) or q (one)
+    /// Pairs: [groups][nb][PAIRS][16 tokens][2]: 256 q + q2 (two limbs) or q (one)
     pub joint: Vec<i16>,
 }
 
@@ -266,8 +312,8 @@ pub enum QForm {
     /// broadcast quad of u8 weight codes.
     #[default]
     Quads,
-    /// For `vpmaddwd` (AVX2): the limbs joined as one i16 (at most 254 * 127 + 127 =
-    /// 32385 in magnitude), each pair of values stored for all 16 tokens side by side
+    /// For `vpmaddwd` (AVX2): the limbs joined as one i16 (at most 256 * 127 + 128 =
+    /// 32640 in magnitude), each pair of values stored for all 16 tokens side by side
     /// (two 256-bit registers), against a broadcast pair of i16 weights.
     Pairs,
 }
@@ -312,7 +358,7 @@ impl QPack {
                 if !quads {
                     self.half_d[gb * T + t] = if two_limbs { half_d * LIMB2 } else { half_d };
                     for (k, (&q, &q2)) in qb.iter().zip(&qb2).enumerate() {
-                        let v = if two_limbs { 254 * q as i16 + q2 as i16 } else { q as i16 };
+                        let v = if two_limbs { LIMB2_JOIN as i16 * q as i16 + q2 as i16 } else { q as i16 };
                         self.joint[((gb * PAIRS + k / 2) * T + t) * 2 + k % 2] = v;
                     }
                     continue;

@@ -374,7 +374,7 @@ fn mxfp4_int_gemv_special_scales() {
     let mut wf = vec![0f32; rows * n];
     mxfp4::dequantize(&blocks, &scales, &mut wf);
     let w = Weight::mxfp4(&blocks, &scales, rows, n);
-    for (precision, per) in [(Precision::Int8, 254.0), (Precision::Int16, 64516.0)] {
+    for (precision, per) in [(Precision::Int8, 254.0), (Precision::Int16, 65024.0)] {
         for m in 1..=INT_GEMV_MAX_ROWS {
             let x: Vec<f32> = (0..m * n).map(|_| rng.uniform()).collect();
             let (want, mag) = reference(&x, m, &wf, rows, n, None);
@@ -409,7 +409,7 @@ fn mxfp4_int_gemv_special_scales() {
 
 #[test]
 fn mxfp4_int8_and_int16_precisions_all_paths_within_stated_bounds() {
-    for (precision, per) in [(Precision::Int8, 254.0), (Precision::Int16, 64516.0)] {
+    for (precision, per) in [(Precision::Int8, 254.0), (Precision::Int16, 65024.0)] {
         int8_case(precision, per);
     }
 }
@@ -623,8 +623,8 @@ fn q8_quantize_within_stated_bound() {
 fn q8_matmul_all_paths_within_stated_bounds() {
     let mut rng = Rng(29);
     for precision in [Precision::F32, Precision::Int16, Precision::Int8] {
-        // Activation error per element: amax_b / 254 (one limb), / 64516 (two limbs).
-        let per = if precision == Precision::Int8 { 254.0 } else { 64516.0 };
+        // Activation error per element: amax_b / 254 (one limb), / 65024 (two limbs).
+        let per = if precision == Precision::Int8 { 254.0 } else { 65024.0 };
         for &(m, rows, n) in &[
             (1, 1, 32),
             (1, 9, 96),
@@ -840,6 +840,15 @@ fn quantize_paths_match_scalar() {
             if b % 11 == 3 {
                 block.fill(0.0);
             }
+            if b % 13 == 7 {
+                // amax 127, so d = 1: half-integers whose remainder 0.5 (ties to even
+                // below) or 0.499 rounds to q2 = 128, which carries into q.
+                for (j, v) in block.iter_mut().enumerate() {
+                    let k = (j as f32 - 16.0) * 7.0;
+                    *v = k + [0.5, 0.499, -0.5, -0.499][j % 4];
+                }
+                block[0] = 127.0;
+            }
         }
         for layout in [quant::QLayout::Natural, quant::QLayout::Grouped, quant::QLayout::Lanes] {
             for two in [false, true] {
@@ -857,6 +866,9 @@ fn quantize_paths_match_scalar() {
                     assert_eq!(got.lane_neg_corr, want.lane_neg_corr, "{what}: lanes");
                     assert_eq!(got.lane_neg_corr2, want.lane_neg_corr2, "{what}: lanes2");
                     assert_eq!(bits(&got.lane_half_d), bits(&want.lane_half_d), "{what}: lane d/2");
+                    assert_eq!(got.lane_neg_corr_joint, want.lane_neg_corr_joint, "{what}: joint lanes");
+                    assert_eq!(got.lane_scale_bits, want.lane_scale_bits, "{what}: scale bits");
+                    assert_eq!(got.scale_range, want.scale_range, "{what}: scale range");
                 }
                 if layout == quant::QLayout::Natural {
                     // The packed GEMM's quantization (any layout: it has its own order).
@@ -873,7 +885,7 @@ fn quantize_paths_match_scalar() {
                             assert_eq!(bits(&got.half_d), bits(&packed.half_d), "{what}: d/2");
                         }
                         if form == quant::QForm::Pairs {
-                            // The rows' values joined (254 q + q2, or q), d/2 over 254 with two limbs.
+                            // The rows' values joined (256 q + q2, or q), d/2 over 256 with two limbs.
                             const T: usize = QPACK_TOKENS;
                             for i in 0..m {
                                 for b in 0..nb {
@@ -883,7 +895,7 @@ fn quantize_paths_match_scalar() {
                                     assert_eq!(packed.half_d[gb * T + i % T].to_bits(), hd.to_bits());
                                     for k in 0..32 {
                                         let q = want.q[i * n + b * 32 + k] as i16;
-                                        let v = if two { 254 * q + want.q2[i * n + b * 32 + k] as i16 } else { q };
+                                        let v = if two { 256 * q + want.q2[i * n + b * 32 + k] as i16 } else { q };
                                         let at = ((gb * quant::PAIRS + k / 2) * T + i % T) * 2 + k % 2;
                                         assert_eq!(packed.joint[at], v, "row {i} block {b} value {k}");
                                     }
@@ -894,7 +906,7 @@ fn quantize_paths_match_scalar() {
                 }
                 assert_eq!(want.half_d.len(), m * nb);
                 if layout == quant::QLayout::Natural {
-                    // |x - d (q + q2/254)| <= d/508 with two limbs, d/2 with one.
+                    // |x - d (q + q2/256)| <= d/512 with two limbs, d/2 with one.
                     for (b, block) in x.chunks_exact(32).enumerate() {
                         let d = 2.0 * want.half_d[b] as f64;
                         if !d.is_finite() {
@@ -903,7 +915,7 @@ fn quantize_paths_match_scalar() {
                         for (j, &v) in block.iter().enumerate() {
                             let q = want.q[b * 32 + j] as f64;
                             let (got, tol) = if two {
-                                (d * (q + want.q2[b * 32 + j] as f64 / 254.0), d / 508.0)
+                                (d * (q + want.q2[b * 32 + j] as f64 / 256.0), d / 512.0)
                             } else {
                                 (d * q, d / 2.0)
                             };
@@ -926,15 +938,18 @@ fn quantize_paths_match_scalar() {
 /// A row's int GEMV result must not depend on which AVX-512 kernel computed it: the
 /// threads' claims decide whether a row falls in a block of `mxfp4_rows_int8` or goes
 /// through `mxfp4_dot4_int8`, and batched decode compares against single calls bit for
-/// bit. Both kernels, every tail length (0-3 blocks past the last full group), a 0 and
-/// a 255 scale among plain ones.
+/// bit. Both kernels, with and without VBMI, every tail length (0-3 blocks past the
+/// last full group), a 0 and a 255 scale among plain ones, activations so large that
+/// plain scale bytes fall outside their `scale_range`, and each kernel with the range
+/// emptied (every group through `GroupX::exact_mult`): the same bits everywhere.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn mxfp4_int_gemv_kernels_agree_bit_for_bit() {
-    if !Isa::available().contains(&Isa::Avx512) || !vnni() {
-        return; // neither kernel can run on this CPU
+    if !(is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vbmi")) {
+        eprintln!("skipped: needs AVX-512 VNNI and VBMI");
+        return;
     }
-    let mut rng = Rng(43);
+    let mut rng = Rng(37);
     const R: usize = avx512::ROW_BLOCK;
     for nb in [1, 2, 3, 4, 5, 70, 90, 91] {
         let n = nb * 32;
@@ -942,37 +957,60 @@ fn mxfp4_int_gemv_kernels_agree_bit_for_bit() {
         if nb == 70 {
             (scales[nb + 3], scales[5 * nb + 66]) = (0, 255);
         }
-        let x: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
+        if nb == 90 {
+            // With activations near 1e-30 these plain bytes leave the scale range (their
+            // products with d/2 would be subnormal).
+            (scales[2 * nb + 7], scales[6 * nb + 80]) = (5, 3);
+        }
+        let magnitude = if nb == 90 { 1e-30 } else { 1.0 };
+        let x: Vec<f32> = (0..n).map(|_| rng.uniform() * magnitude).collect();
         for two in [false, true] {
             let mut qx = quant::QuantX::default();
             qx.quantize(Isa::Avx512, quant::QLayout::Grouped, two, &x, 1, n);
-            let xr = qx.row(0);
+            if nb == 90 {
+                assert!(qx.row(0).scale_lo > 5, "the test needs bytes outside the range");
+            }
             let row = |r: usize| (&blocks[r * nb * 16..(r + 1) * nb * 16], &scales[r * nb..(r + 1) * nb]);
-            // SAFETY: AVX-512 VNNI checked above; 8 rows of nb blocks, x quantized in
-            // Grouped order from n values with the limbs asked for.
-            let (block, four) = unsafe {
-                let (b, s) = (&blocks[..], &scales[..]);
-                let block = if two {
-                    avx512::mxfp4_rows_int8::<true>(&xr, b, s, b.as_ptr(), s.as_ptr())
-                } else {
-                    avx512::mxfp4_rows_int8::<false>(&xr, b, s, b.as_ptr(), s.as_ptr())
-                };
-                let mut four = [0f32; R];
-                for r0 in [0, 4] {
-                    let (bs, ss) = ([0, 1, 2, 3].map(|k| row(r0 + k).0), [0, 1, 2, 3].map(|k| row(r0 + k).1));
-                    let got = if two {
-                        avx512::mxfp4_dot4_int8::<true, 1>(&[&xr], bs, ss)
-                    } else {
-                        avx512::mxfp4_dot4_int8::<false, 1>(&[&xr], bs, ss)
-                    };
-                    four[r0..r0 + 4].copy_from_slice(&got[0]);
+            let mut results = vec![];
+            for exact in [false, true] {
+                let xr = if exact { quant::QRow { scale_lo: 255, scale_hi: 0, ..qx.row(0) } } else { qx.row(0) };
+                // SAFETY: AVX-512 VNNI and VBMI checked above; 8 rows of nb blocks, x
+                // quantized in Grouped order from n values with the limbs asked for.
+                unsafe {
+                    let (b, s) = (&blocks[..], &scales[..]);
+                    let (p, q) = (b.as_ptr(), s.as_ptr());
+                    results.push(match two {
+                        true => avx512::mxfp4_rows_int8::<true>(&xr, b, s, p, q),
+                        false => avx512::mxfp4_rows_int8::<false>(&xr, b, s, p, q),
+                    });
+                    results.push(match two {
+                        true => avx512::mxfp4_rows_int8_no_vbmi::<true>(&xr, b, s, p, q),
+                        false => avx512::mxfp4_rows_int8_no_vbmi::<false>(&xr, b, s, p, q),
+                    });
+                    for vbmi in [true, false] {
+                        let mut four = [0f32; R];
+                        for r0 in [0, 4] {
+                            let (bs, ss) = ([0, 1, 2, 3].map(|k| row(r0 + k).0), [0, 1, 2, 3].map(|k| row(r0 + k).1));
+                            let got = match (two, vbmi) {
+                                (true, true) => avx512::mxfp4_dot4_int8::<true, 1>(&[&xr], bs, ss),
+                                (false, true) => avx512::mxfp4_dot4_int8::<false, 1>(&[&xr], bs, ss),
+                                (true, false) => avx512::mxfp4_dot4_int8_no_vbmi::<true, 1>(&[&xr], bs, ss),
+                                (false, false) => avx512::mxfp4_dot4_int8_no_vbmi::<false, 1>(&[&xr], bs, ss),
+                            };
+                            four[r0..r0 + 4].copy_from_slice(&got[0]);
+                        }
+                        results.push(four);
+                    }
                 }
-                (block, four)
-            };
-            assert_eq!(bits(&block), bits(&four), "nb {nb}, two limbs {two}");
+            }
+            for (k, got) in results.iter().enumerate() {
+                assert_eq!(bits(got), bits(&results[0]), "nb {nb}, two limbs {two}, result {k}");
+            }
+            let block = results[0];
             if nb == 70 {
                 assert!(block[5].is_nan() && block.iter().filter(|v| v.is_nan()).count() == 1);
             }
+            assert!(block.iter().all(|v| v.is_finite()) || nb == 70, "nb {nb}: {block:?}");
         }
     }
 }
@@ -1078,6 +1116,64 @@ fn f32_tiles_of_any_length_against_reference() {
                     let err = (got[i][j] as f64 - want).abs();
                     assert!(err <= 1e-6 * mag + 1e-30, "{} n {n} [{i}][{j}]: err {err}", isa.name());
                 }
+            }
+        }
+    }
+}
+
+/// `QuantX::lane_scale_bits` plus a scale byte's `e << 23` is the exact product of the
+/// lane's multiplier (d/2, over 256 with two limbs) and 2^(e - 127), a normal f32, for
+/// every byte of the row's `scale_range`; the range is empty where a block is not
+/// finite, and as wide as it can be: one byte more on either side fails some lane.
+#[test]
+fn lane_scale_bits_are_exact_products_within_the_scale_range() {
+    let mut rng = Rng(43);
+    let n = 32 * 12;
+    for case in 0..40 {
+        let mut x = vec![0f32; n];
+        for (b, block) in x.chunks_exact_mut(32).enumerate() {
+            let scale = 10f32.powi((rng.next_u64() % 71) as i32 - 35);
+            for v in block.iter_mut() {
+                *v = rng.uniform() * scale;
+            }
+            if b == 5 {
+                block.fill(0.0);
+            }
+        }
+        if case % 10 == 9 {
+            x[7] = f32::NAN;
+        }
+        for two in [false, true] {
+            let mut q = quant::QuantX::default();
+            q.quantize(Isa::Scalar, quant::QLayout::Grouped, two, &x, 1, n);
+            let row = q.row(0);
+            let (lo, hi) = (row.scale_lo as i32, row.scale_hi as i32);
+            if case % 10 == 9 {
+                assert!(lo > hi, "a NaN block leaves no byte");
+                continue;
+            }
+            let exact = |l: usize, e: i32| {
+                let mult = if two { row.lane_half_d[l] * quant::LIMB2 } else { row.lane_half_d[l] };
+                let got = f32::from_bits((row.lane_scale_bits[l] + (e << 23)) as u32);
+                let want = mult as f64 * 2f64.powi(e - 127);
+                if mult == 0.0 {
+                    // A block quantized to zero: any finite multiplier (its sums are 0).
+                    return got.is_normal();
+                }
+                got.is_normal() && got as f64 == want
+            };
+            assert!((1..=254).contains(&lo) && lo <= hi && hi <= 254, "case {case}: [{lo}, {hi}]");
+            for l in 0..row.lane_scale_bits.len() {
+                for e in lo..=hi {
+                    assert!(exact(l, e), "case {case} two={two} lane {l} byte {e}");
+                }
+            }
+            let lanes = 0..row.lane_scale_bits.len();
+            if lo > 1 {
+                assert!(lanes.clone().any(|l| !exact(l, lo - 1)), "case {case}: {} also fits", lo - 1);
+            }
+            if hi < 254 {
+                assert!(lanes.clone().any(|l| !exact(l, hi + 1)), "case {case}: {} also fits", hi + 1);
             }
         }
     }

@@ -16,7 +16,7 @@
 //! ```text
 //! l_i - a_i = sum_j (w_ij - ŵ_ij) x_j + sum_j ŵ_ij (x_j - x̂_j) + f32 rounding of both sums
 //! |w - ŵ| <= d/2 (1 + 2^-14)             (q8.rs: d >= amax/127, q rounded to nearest)
-//! |ŵ| <= 127 d,  |x - x̂| <= e_b = amax_b (1/64516 + 2^-20)   (quant.rs; blocks under
+//! |ŵ| <= 127 d,  |x - x̂| <= e_b = amax_b (1/65024 + 2^-20)   (quant.rs; blocks under
 //!                                          TINY quantize to zero: e_b = amax_b)
 //! rounding <= 2 (n + 64) 2^-24 sum_j |w||x| <= 2 (n + 64) 2^-24 127.5 sum_b d_ib A_b
 //! => |l_i - a_i| <= sum_b d_ib (c A_b + 32 * 127 e_b) = B_i,  A_b = sum_{j in b} |x_j|
@@ -131,7 +131,7 @@ impl Screen {
         for xb in x.chunks_exact(BLOCK) {
             let a: f64 = xb.iter().map(|v| v.abs() as f64).sum();
             let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
-            let e = if amax < TINY as f64 { amax } else { amax * (1.0 / 64516.0 + 2f64.powi(-20)) };
+            let e = if amax < TINY as f64 { amax } else { amax * (1.0 / 65024.0 + 2f64.powi(-20)) };
             let k = c * a + 32.0 * 127.0 * e;
             if !k.is_finite() {
                 return false;
