@@ -178,7 +178,9 @@ pub fn qgemm_panel_pairs(words: &[&[i16]], scales: &[&[f32]], xg: &[super::quant
 }
 
 /// Quantized packed-GEMM step, any number of rows and groups: c[j][16 g + t] (see
-/// `avx512::qgemm_panel`, whose sums this repeats exactly, in the same order of f32 steps).
+/// `avx512::qgemm_panel`, whose sums this repeats exactly, in the same order of f32
+/// steps: the limbs joined in integers, then times the token's multiplier times the
+/// block's scale, that product held at f32::MAX).
 pub fn qgemm_panel<const TWO: bool>(
     codes: &[&[u8]],
     scales: &[&[f32]],
@@ -186,7 +188,7 @@ pub fn qgemm_panel<const TWO: bool>(
     nb: usize,
     c: &mut [f32],
 ) {
-    use super::quant::{LIMB2, QPACK_TOKENS as T, QUADS};
+    use super::quant::{LIMB2_JOIN, QPACK_TOKENS as T, QUADS};
     let limbs = if TWO { 2 } else { 1 };
     let g = xg.len();
     for (j, (row, sc)) in codes.iter().zip(scales).enumerate() {
@@ -204,11 +206,10 @@ pub fn qgemm_panel<const TWO: bool>(
                         }
                         s
                     };
-                    let mut f = sum(0) as f32;
-                    if TWO {
-                        f = (sum(1) as f32).mul_add(LIMB2, f);
-                    }
-                    acc = (f * x.half_d[b * T + t]).mul_add(sc[b], acc);
+                    let f = if TWO { (LIMB2_JOIN * sum(0) + sum(1)) as f32 } else { sum(0) as f32 };
+                    // Held at f32::MAX as `_mm512_min_ps` holds it (a NaN stays NaN).
+                    let m = x.half_d[b * T + t] * sc[b];
+                    acc = f.mul_add(if m > f32::MAX { f32::MAX } else { m }, acc);
                 }
                 c[(j * g + gi) * T + t] = acc;
             }

@@ -850,29 +850,46 @@ fn qgemm_panel_pairs(
 }
 
 /// One quantized packed-GEMM step over one or two token groups.
+/// `fast`: every scale of the rows lies in the pack's `scale_range` (the AVX-512
+/// kernel's exponent add; the same bits either way).
+#[allow(clippy::too_many_arguments)]
 fn qgemm_panel(
     isa: Isa,
     two: bool,
+    fast: bool,
     codes: [&[u8]; QPANEL_ROWS],
     scales: [&[f32]; QPANEL_ROWS],
     groups: &[quant::QGroup],
     nb: usize,
     c: &mut [f32],
 ) {
-    match (isa, two, groups) {
-        // SAFETY: the Quads form is only packed on AVX-512 with VNNI (or scalar); the
-        // driver sized the rows (32 * nb codes, nb scales), the groups (packed for nb
-        // blocks with the job's limbs) and c (QPANEL_ROWS * 2 groups * 16).
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, true, &[a, b]) => unsafe { avx512::qgemm_panel::<true, 2>(codes, scales, [a, b], nb, c) },
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, true, &[a]) => unsafe { avx512::qgemm_panel::<true, 1>(codes, scales, [a], nb, c) },
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, false, &[a, b]) => unsafe { avx512::qgemm_panel::<false, 2>(codes, scales, [a, b], nb, c) },
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, false, &[a]) => unsafe { avx512::qgemm_panel::<false, 1>(codes, scales, [a], nb, c) },
-        (_, true, _) => generic::qgemm_panel::<true>(&codes, &scales, groups, nb, c),
-        (_, false, _) => generic::qgemm_panel::<false>(&codes, &scales, groups, nb, c),
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        macro_rules! panel {
+            ($two:literal, $fast:literal) => {
+                // SAFETY: the Quads form is only packed on AVX-512 with VNNI (or scalar);
+                // the driver sized the rows (32 * nb codes, nb scales), the groups (packed
+                // for nb blocks with the job's limbs) and c (QPANEL_ROWS * 2 groups * 16),
+                // and checked the scales against the range for `fast`.
+                match groups {
+                    &[a, b] => unsafe { avx512::qgemm_panel::<$two, 2, $fast>(codes, scales, [a, b], nb, c) },
+                    &[a] => unsafe { avx512::qgemm_panel::<$two, 1, $fast>(codes, scales, [a], nb, c) },
+                    _ => unreachable!("one or two groups per step"),
+                }
+            };
+        }
+        match (two, fast) {
+            (true, true) => panel!(true, true),
+            (true, false) => panel!(true, false),
+            (false, true) => panel!(false, true),
+            (false, false) => panel!(false, false),
+        }
+        return;
+    }
+    let _ = fast;
+    match two {
+        true => generic::qgemm_panel::<true>(&codes, &scales, groups, nb, c),
+        false => generic::qgemm_panel::<false>(&codes, &scales, groups, nb, c),
     }
 }
 
@@ -979,9 +996,12 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
     if p.path == Path::QuantPacked {
         let (nb, qp) = (n / BLOCK, p.qpack);
         with_thread_buffer(&DECODED, nr * nb, |scales| {
+            let [lo, hi] = qp.scale_range;
+            let mut fast = lo <= hi;
             for j in 0..nr {
                 for (d, &e) in scales[j * nb..(j + 1) * nb].iter_mut().zip(w.mxfp4_row(r0 + j).1) {
                     *d = crate::mxfp4::E8M0[e as usize];
+                    fast &= (lo..=hi).contains(&e);
                 }
             }
             let scales = &*scales;
@@ -1015,7 +1035,7 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
                     let codes = &*codes;
                     steps(&|rows, groups, _, c| {
                         let cr = rows.map(|j| &codes[j * n..(j + 1) * n]);
-                        qgemm_panel(isa, p.two, cr, row_scales(rows), groups, nb, c)
+                        qgemm_panel(isa, p.two, fast, cr, row_scales(rows), groups, nb, c)
                     });
                 }),
                 quant::QForm::Pairs => with_thread_buffer(&WORDS, nr * n, |words| {

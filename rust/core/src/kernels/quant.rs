@@ -162,8 +162,7 @@ impl QuantX {
         let mut qb = [0i8; BLOCK];
         let mut qb2 = [0i8; BLOCK];
         for i in 0..m {
-            // The scale bytes e with E + e - 127 in [1, 254] for every lane's exponent E.
-            let (mut lo, mut hi) = (1i32, 254i32);
+            let mut range = ScaleRange::default();
             for b in 0..nb {
                 let xb = &x[i * n + b * BLOCK..i * n + (b + 1) * BLOCK];
                 let (half_d, sum, sum2) = quantize_block_on(isa, xb, two_limbs, &mut qb, &mut qb2);
@@ -202,20 +201,48 @@ impl QuantX {
                         self.lane_half_d_joint[first..first + 4].fill(half_d * LIMB2);
                     }
                     let mult = if two_limbs { half_d * LIMB2 } else { half_d };
-                    let bits = if mult == 0.0 { 0 } else { mult.to_bits() as i32 - 1f32.to_bits() as i32 };
-                    self.lane_scale_bits[first..first + 4].fill(bits);
-                    let e = (mult.to_bits() >> 23) as i32;
-                    if !mult.is_finite() || (mult != 0.0 && e == 0) {
-                        (lo, hi) = (255, 0);
-                    } else if mult != 0.0 {
-                        (lo, hi) = (lo.max(128 - e), hi.min(381 - e));
-                    }
+                    self.lane_scale_bits[first..first + 4].fill(range.add(mult));
                 }
             }
             if grouped {
-                self.scale_range.push([lo.clamp(0, 255) as u8, hi.clamp(0, 255) as u8]);
+                self.scale_range.push(range.bytes());
             }
         }
+    }
+}
+
+/// The E8M0 scale bytes e for which a multiplier's f32 bits minus those of 1.0, plus
+/// e << 23, are the bits of multiplier * 2^(e - 127), a normal f32: E + e - 127 in
+/// [1, 254] for the multiplier's biased exponent E, over every multiplier added.
+struct ScaleRange {
+    lo: i32,
+    hi: i32,
+}
+
+impl Default for ScaleRange {
+    fn default() -> Self {
+        ScaleRange { lo: 1, hi: 254 }
+    }
+}
+
+impl ScaleRange {
+    /// Narrow the range to `mult` (a block's d/2, or d/2 / 256) and return its bits
+    /// (0 for zero: any scale then gives a normal f32, and its sums are zero).
+    fn add(&mut self, mult: f32) -> i32 {
+        if mult == 0.0 {
+            return 0;
+        }
+        let e = (mult.to_bits() >> 23) as i32;
+        if !mult.is_finite() || e == 0 {
+            (self.lo, self.hi) = (255, 0);
+        } else {
+            (self.lo, self.hi) = (self.lo.max(128 - e), self.hi.min(381 - e));
+        }
+        mult.to_bits() as i32 - 1f32.to_bits() as i32
+    }
+
+    fn bytes(&self) -> [u8; 2] {
+        [self.lo.clamp(0, 255) as u8, self.hi.clamp(0, 255) as u8]
     }
 }
 
@@ -298,8 +325,15 @@ pub struct QPack {
     pub q: Vec<i8>,
     /// Quads: [groups][nb][limbs][16 tokens]: -12 * sum(q) of each token's block
     pub neg_corr: Vec<i32>,
-    /// [groups][nb][16 tokens]: d/2 of each token's block (Pairs with two limbs: d/2 / 256)
+    /// [groups][nb][16 tokens]: what multiplies each token's integer block sum: d/2,
+    /// over 256 with two limbs (their sums joined, 256 s1 + s2)
     pub half_d: Vec<f32>,
+    /// [groups][nb][16 tokens]: that multiplier as `QuantX::lane_scale_bits` has it
+    /// (f32 bits minus those of 1.0; 0 for a block quantized to zero or a token past m)
+    pub scale_bits: Vec<i32>,
+    /// The E8M0 bytes [lo, hi] for which every token's bits plus `byte << 23` are the
+    /// exact product, a normal f32 (lo > hi: none).
+    pub scale_range: [u8; 2],
     /// Pairs: [groups][nb][PAIRS][16 tokens][2]: 256 q + q2 (two limbs) or q (one)
     pub joint: Vec<i16>,
 }
@@ -327,6 +361,7 @@ pub struct QGroup<'a> {
     pub q: &'a [i8],
     pub neg_corr: &'a [i32],
     pub half_d: &'a [f32],
+    pub scale_bits: &'a [i32],
     pub joint: &'a [i16],
 }
 
@@ -346,6 +381,9 @@ impl QPack {
         self.neg_corr.resize(if quads { groups * nb * limbs * T } else { 0 }, 0);
         self.half_d.clear();
         self.half_d.resize(groups * nb * T, 0.0);
+        self.scale_bits.clear();
+        self.scale_bits.resize(groups * nb * T, 0);
+        let mut range = ScaleRange::default();
         self.joint.clear();
         self.joint.resize(if quads { 0 } else { groups * nb * BLOCK * T }, 0);
         let (mut qb, mut qb2) = ([0i8; BLOCK], [0i8; BLOCK]);
@@ -355,15 +393,16 @@ impl QPack {
                 let (half_d, sum, sum2) =
                     quantize_block_on(isa, &x[i * n + b * BLOCK..][..BLOCK], two_limbs, &mut qb, &mut qb2);
                 let gb = g * nb + b;
+                let mult = if two_limbs { half_d * LIMB2 } else { half_d };
+                self.half_d[gb * T + t] = mult;
+                self.scale_bits[gb * T + t] = range.add(mult);
                 if !quads {
-                    self.half_d[gb * T + t] = if two_limbs { half_d * LIMB2 } else { half_d };
                     for (k, (&q, &q2)) in qb.iter().zip(&qb2).enumerate() {
                         let v = if two_limbs { LIMB2_JOIN as i16 * q as i16 + q2 as i16 } else { q as i16 };
                         self.joint[((gb * PAIRS + k / 2) * T + t) * 2 + k % 2] = v;
                     }
                     continue;
                 }
-                self.half_d[gb * T + t] = half_d;
                 for (limb, (qv, s)) in [(&qb, sum), (&qb2, sum2)].into_iter().take(limbs).enumerate() {
                     self.neg_corr[(gb * limbs + limb) * T + t] = -12 * s;
                     for quad in 0..QUADS {
@@ -373,6 +412,7 @@ impl QPack {
                 }
             }
         }
+        self.scale_range = range.bytes();
     }
 
     pub fn group(&self, g: usize) -> QGroup<'_> {
@@ -383,12 +423,14 @@ impl QPack {
                 q: &self.q[part(nb * QUADS * limbs * t * 4)],
                 neg_corr: &self.neg_corr[part(nb * limbs * t)],
                 half_d: &self.half_d[part(nb * t)],
+                scale_bits: &self.scale_bits[part(nb * t)],
                 joint: &[],
             },
             QForm::Pairs => QGroup {
                 q: &[],
                 neg_corr: &[],
                 half_d: &self.half_d[part(nb * t)],
+                scale_bits: &self.scale_bits[part(nb * t)],
                 joint: &self.joint[part(nb * BLOCK * t)],
             },
         }

@@ -507,13 +507,17 @@ fn quantized_gemm_kernels_match_their_scalar_twins() {
         }
     }
     // Panels: one and two groups, one and two limbs, each form's SIMD step against its
-    // twin (Pairs: the same f32 steps, so the same bits).
+    // twin: the same f32 steps, so the same bits (Quads: with the scales' exponent add
+    // and with a multiply; the scales are E8M0 values, as the driver decodes them).
     let (nb, m) = (7, 29);
     let n = nb * BLOCK;
     let x: Vec<f32> = (0..m * n).map(|_| rng.uniform() * 3.0).collect();
     let codes: Vec<Vec<u8>> = (0..QPANEL_ROWS).map(|_| rng.bytes(n).iter().map(|b| b % 25).collect()).collect();
     let words: Vec<Vec<i16>> = codes.iter().map(|r| r.iter().map(|&c| c as i16 - 12).collect()).collect();
-    let scales: Vec<Vec<f32>> = (0..QPANEL_ROWS).map(|_| (0..nb).map(|_| rng.uniform() * 4.0).collect()).collect();
+    let scale_bytes: Vec<Vec<u8>> =
+        (0..QPANEL_ROWS).map(|_| (0..nb).map(|_| 110 + (rng.next_u64() % 30) as u8).collect()).collect();
+    let scales: Vec<Vec<f32>> =
+        scale_bytes.iter().map(|r| r.iter().map(|&e| crate::mxfp4::E8M0[e as usize]).collect()).collect();
     let cr: [&[u8]; QPANEL_ROWS] = std::array::from_fn(|j| &codes[j][..]);
     let wr: [&[i16]; QPANEL_ROWS] = std::array::from_fn(|j| &words[j][..]);
     let sr: [&[f32]; QPANEL_ROWS] = std::array::from_fn(|j| &scales[j][..]);
@@ -521,18 +525,20 @@ fn quantized_gemm_kernels_match_their_scalar_twins() {
         for form in [quant::QForm::Quads, quant::QForm::Pairs] {
             let mut qp = QPack::default();
             qp.pack(Isa::Scalar, form, two, &x, m, n);
+            let [lo, hi] = qp.scale_range;
+            assert!(scale_bytes.iter().flatten().all(|e| (lo..=hi).contains(e)), "[{lo}, {hi}]");
             for groups in [&[qp.group(0)][..], &[qp.group(0), qp.group(1)][..]] {
                 let len = QPANEL_ROWS * groups.len() * QPACK_TOKENS;
                 // Pairs: every count of needed tokens (the kernel skips a short group's half).
                 for used in
                     (1..=groups.len() * QPACK_TOKENS).filter(|&u| form == quant::QForm::Pairs || u == len / QPANEL_ROWS)
                 {
-                    let panel = |isa: Isa, c: &mut [f32]| match form {
-                        quant::QForm::Quads => qgemm_panel(isa, two, cr, sr, groups, nb, c),
+                    let panel = |isa: Isa, fast: bool, c: &mut [f32]| match form {
+                        quant::QForm::Quads => qgemm_panel(isa, two, fast, cr, sr, groups, nb, c),
                         quant::QForm::Pairs => qgemm_panel_pairs(isa, wr, sr, groups, used, nb, c),
                     };
                     let mut want = vec![0f32; len];
-                    panel(Isa::Scalar, &mut want);
+                    panel(Isa::Scalar, false, &mut want);
                     for isa in simd_paths() {
                         if qpack_form(isa) != form
                             || Path::of(isa, Precision::Int16, &Weight::mxfp4(&[0; 16], &[127], 1, 32), 16)
@@ -540,21 +546,17 @@ fn quantized_gemm_kernels_match_their_scalar_twins() {
                         {
                             continue;
                         }
-                        let mut got = vec![0f32; len];
-                        panel(isa, &mut got);
-                        let per_row = len / QPANEL_ROWS;
-                        for (k, (g, w)) in got.iter().zip(&want).enumerate().filter(|(k, _)| k % per_row < used) {
-                            match form {
-                                quant::QForm::Quads => {
-                                    assert!(
-                                        (g - w).abs() <= 1e-5 * w.abs().max(1.0),
-                                        "{} two={two}: {g} vs {w}",
-                                        isa.name()
-                                    )
-                                }
-                                quant::QForm::Pairs => {
-                                    assert_eq!(g.to_bits(), w.to_bits(), "{} two={two} used={used} {k}", isa.name())
-                                }
+                        for fast in [false, true] {
+                            let mut got = vec![0f32; len];
+                            panel(isa, fast, &mut got);
+                            let per_row = len / QPANEL_ROWS;
+                            for (k, (g, w)) in got.iter().zip(&want).enumerate().filter(|(k, _)| k % per_row < used) {
+                                assert_eq!(
+                                    g.to_bits(),
+                                    w.to_bits(),
+                                    "{} two={two} fast={fast} used={used} {k}",
+                                    isa.name()
+                                )
                             }
                         }
                     }
@@ -568,7 +570,7 @@ fn quantized_gemm_kernels_match_their_scalar_twins() {
         quads.pack(Isa::Scalar, quant::QForm::Quads, two, &x, m, n);
         pairs.pack(Isa::Scalar, quant::QForm::Pairs, two, &x, m, n);
         let (mut a, mut b) = (vec![0f32; QPANEL_ROWS * QPACK_TOKENS], vec![0f32; QPANEL_ROWS * QPACK_TOKENS]);
-        qgemm_panel(Isa::Scalar, two, cr, sr, &[quads.group(1)], nb, &mut a);
+        qgemm_panel(Isa::Scalar, two, false, cr, sr, &[quads.group(1)], nb, &mut a);
         qgemm_panel_pairs(Isa::Scalar, wr, sr, &[pairs.group(1)], QPACK_TOKENS, nb, &mut b);
         for (p, q) in a.iter().zip(&b) {
             assert!((p - q).abs() <= 1e-5 * p.abs().max(1.0), "two={two}: {p} vs {q}");
@@ -768,7 +770,10 @@ fn gemm_panel_speed() {
     let x: Vec<f32> = (0..m * n).map(|_| rng.uniform()).collect();
     let codes: Vec<Vec<u8>> = (0..QPANEL_ROWS).map(|_| rng.bytes(n).iter().map(|b| b % 25).collect()).collect();
     let words: Vec<Vec<i16>> = codes.iter().map(|r| r.iter().map(|&c| c as i16 - 12).collect()).collect();
-    let scales: Vec<Vec<f32>> = (0..QPANEL_ROWS).map(|_| (0..nb).map(|_| rng.uniform()).collect()).collect();
+    // E8M0 scales, as the driver decodes them (the VNNI panel adds their exponents).
+    let scales: Vec<Vec<f32>> = (0..QPANEL_ROWS)
+        .map(|_| (0..nb).map(|_| crate::mxfp4::E8M0[120 + (rng.next_u64() % 15) as usize]).collect())
+        .collect();
     let cr: [&[u8]; QPANEL_ROWS] = std::array::from_fn(|j| &codes[j][..]);
     let wr: [&[i16]; QPANEL_ROWS] = std::array::from_fn(|j| &words[j][..]);
     let sr: [&[f32]; QPANEL_ROWS] = std::array::from_fn(|j| &scales[j][..]);
@@ -812,7 +817,7 @@ fn gemm_panel_speed() {
         );
         if vnni() {
             time("avx512 qgemm_panel (vnni), 4 rows x 32 tokens", 4 * 32 * n, &mut |c| unsafe {
-                avx512::qgemm_panel::<true, 2>(cr, sr, qg, nb, c)
+                avx512::qgemm_panel::<true, 2, true>(cr, sr, qg, nb, c)
             });
         }
     }
@@ -883,16 +888,19 @@ fn quantize_paths_match_scalar() {
                             assert_eq!(got.neg_corr, packed.neg_corr, "{what}: corrections");
                             assert_eq!(got.joint, packed.joint, "{what}: joined values");
                             assert_eq!(bits(&got.half_d), bits(&packed.half_d), "{what}: d/2");
+                            assert_eq!(got.scale_bits, packed.scale_bits, "{what}: scale bits");
+                            assert_eq!(got.scale_range, packed.scale_range, "{what}: scale range");
                         }
-                        if form == quant::QForm::Pairs {
-                            // The rows' values joined (256 q + q2, or q), d/2 over 256 with two limbs.
-                            const T: usize = QPACK_TOKENS;
-                            for i in 0..m {
-                                for b in 0..nb {
-                                    let gb = (i / T) * nb + b;
-                                    let hd = want.half_d[i * nb + b];
-                                    let hd = if two { hd * quant::LIMB2 } else { hd };
-                                    assert_eq!(packed.half_d[gb * T + i % T].to_bits(), hd.to_bits());
+                        // Both forms: d/2 over 256 with two limbs; Pairs: the rows' values
+                        // joined (256 q + q2, or q).
+                        const T: usize = QPACK_TOKENS;
+                        for i in 0..m {
+                            for b in 0..nb {
+                                let gb = (i / T) * nb + b;
+                                let hd = want.half_d[i * nb + b];
+                                let hd = if two { hd * quant::LIMB2 } else { hd };
+                                assert_eq!(packed.half_d[gb * T + i % T].to_bits(), hd.to_bits());
+                                if form == quant::QForm::Pairs {
                                     for k in 0..32 {
                                         let q = want.q[i * n + b * 32 + k] as i16;
                                         let v = if two { 256 * q + want.q2[i * n + b * 32 + k] as i16 } else { q };
@@ -1125,6 +1133,7 @@ fn f32_tiles_of_any_length_against_reference() {
 /// lane's multiplier (d/2, over 256 with two limbs) and 2^(e - 127), a normal f32, for
 /// every byte of the row's `scale_range`; the range is empty where a block is not
 /// finite, and as wide as it can be: one byte more on either side fails some lane.
+/// `QPack` keeps the same bits and range per token.
 #[test]
 fn lane_scale_bits_are_exact_products_within_the_scale_range() {
     let mut rng = Rng(43);
@@ -1147,6 +1156,17 @@ fn lane_scale_bits_are_exact_products_within_the_scale_range() {
             let mut q = quant::QuantX::default();
             q.quantize(Isa::Scalar, quant::QLayout::Grouped, two, &x, 1, n);
             let row = q.row(0);
+            let mut packed = QPack::default();
+            packed.pack(Isa::Scalar, quant::QForm::Quads, two, &x, 1, n);
+            assert_eq!(packed.scale_range, [row.scale_lo, row.scale_hi]);
+            for b in 0..n / 32 {
+                // Token 0 of block b; lane 4 b % 16 of group b / 4 in the Grouped row.
+                assert_eq!(packed.scale_bits[b * QPACK_TOKENS], row.lane_scale_bits[(b / 4) * 16 + (b % 4) * 4]);
+                assert_eq!(packed.half_d[b * QPACK_TOKENS].to_bits(), {
+                    let hd = row.half_d[b];
+                    if two { hd * quant::LIMB2 } else { hd }.to_bits()
+                });
+            }
             let (lo, hi) = (row.scale_lo as i32, row.scale_hi as i32);
             if case % 10 == 9 {
                 assert!(lo > hi, "a NaN block leaves no byte");
