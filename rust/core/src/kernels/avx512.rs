@@ -328,7 +328,7 @@ struct GroupX {
     /// One limb: the lanes' -12*sum(q). Two: the joined lanes' correction c (-12 *
     /// the sum of 256 q + q2) shifted right by 8, where the first limb's sum starts.
     start: __m512i,
-    /// Two limbs: c's low byte in the top byte of each lane (`vpshldd` brings it in).
+    /// Two limbs: c's low byte, where the second limb's sum starts.
     low: __m512i,
     /// Per lane: its block's multiplier (d/2, over 256 with two limbs), or with
     /// `FAST` its `QuantX::lane_scale_bits` (as f32 bits, for `vpaddd`).
@@ -393,10 +393,11 @@ impl GroupX {
 
     /// `line` from codes already made 2*E2M1+12 (low nibbles `wl`, high `wh`). With two
     /// limbs the sum is joined in integers, 256 * s1 + s2 + c: the first limb's sum
-    /// starts from c >> 8, `vpshldd` shifts it left by 8 bringing in c's low byte, and
-    /// the second limb's sum goes on from there (at most 256*12192 + 12288 in
-    /// magnitude: exact in i32 and as f32). One shift where two conversions and an
-    /// FMA joined them as floats.
+    /// starts from c >> 8 and the second's from c's low byte, then a shift by 8 and an
+    /// add (at most 256*12192 + 12288 in magnitude: exact in i32 and as f32). Two
+    /// operations off the multiply pipes where two conversions and an FMA joined them
+    /// as floats. (One chain through `vpshldd`, which brings in the low byte as it
+    /// shifts, measured the same and needs VBMI2.)
     #[inline(always)]
     unsafe fn decoded<const TWO: bool>(&self, wl: __m512i, wh: __m512i) -> __m512 {
         use super::quant::LIMB2_SHIFT;
@@ -427,8 +428,8 @@ impl GroupX {
     }
 }
 
-/// A joined lane correction c as the first limb's chain start, c >> 8 (arithmetic),
-/// and its low byte in each lane's top byte: 256 * (c >> 8) + (c & 255) = c.
+/// A joined lane correction c as the two limbs' chain starts: c >> 8 (arithmetic) for
+/// the first, c & 255 for the second; 256 * (c >> 8) + (c & 255) = c.
 #[inline(always)]
 unsafe fn split_correction(c: __m512i) -> (__m512i, __m512i) {
     use super::quant::LIMB2_SHIFT;
@@ -640,10 +641,11 @@ pub const ROW_BLOCK: usize = 8;
 /// `mxfp4_dot4_int8`, whose four rows are also four interleaved streams. While a block
 /// is computed, `next` (the next block's codes; `next_scales` its scales) is
 /// prefetched into L2 line by line, in address order: one stream, and the block's
-/// 11.5 KB are read from L2. A line takes 12 vector operations with two limbs (two
-/// `vpermb`, a shift, four `vpdpbusd`, the `vpshldd` join, a conversion, the scales'
-/// shuffle, the `vpaddd` of `fast_mult`, an FMA): at 2 threads it streams about
-/// 30-38 GB/s of weights whatever the DRAM's minute (README, "What limits each figure").
+/// 11.5 KB are read from L2. A line takes 13 vector operations with two limbs (two
+/// `vpermb`, a shift, four `vpdpbusd`, the join's shift and add, a conversion, the
+/// scales' shuffle, the `vpaddd` of `fast_mult`, an FMA), about 9.8 cycles from L1:
+/// at 2 threads it streams 28-35 GB/s of weights whatever the DRAM's minute (README,
+/// "What limits each figure").
 ///
 /// The scales are made bf16 words a chunk at a time (`scale_words`), so that a line's
 /// four take one shuffle; a chunk with a byte outside the row's `scale_range` (a 0 or
