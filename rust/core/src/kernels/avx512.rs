@@ -80,7 +80,7 @@ const SCALE_CHUNK: usize = 16;
 /// broadcast quad gives a group's four f32 scales (`word_scales`), against a
 /// broadcast, a shuffle and a shift from the bytes. Writes all 4 * SCALE_CHUNK words
 /// (zeros past len); returns whether a byte lies outside [lo, hi] (within [1, 254]:
-/// then the chunk takes `group_scales` and `GroupX::exact_mult`).
+/// then the chunk takes `group_scales` and `scaled_add_exact`).
 #[inline(always)]
 unsafe fn scale_words(sp: *const u8, len: usize, out: *mut u16, lo: u8, hi: u8) -> bool {
     debug_assert!(len <= 4 * SCALE_CHUNK);
@@ -363,7 +363,7 @@ impl GroupX {
     /// The `nb % 4` (1-3) blocks past the last full group, which the `Grouped` order
     /// keeps as 16 evens then 16 odds each, made a group whose missing blocks are zero
     /// (their products and corrections are then zero, whatever codes meet them).
-    /// Multipliers as floats (the tail takes `exact_mult`).
+    /// Multipliers as floats (the tail takes `scaled_add_exact`).
     #[inline(always)]
     unsafe fn tail<const TWO: bool>(x: &super::quant::QRow, nb: usize) -> GroupX {
         use super::quant::{LIMB2, LIMB2_SHIFT};
@@ -410,22 +410,33 @@ impl GroupX {
         }
     }
 
-    /// Each lane's multiplier times its block's scale (`group_scales` layout), with
-    /// `FAST` as one integer add of the scale's bits (every scale byte in the rows'
-    /// `scale_range`: the product is then exact, a normal f32).
+    /// acc + f * multiplier * scale per lane (scales in the `group_scales` layout). With
+    /// `FAST` (every scale byte in the rows' `scale_range`) the multiplier times the
+    /// scale is one integer add of the scale's bits, exact: a normal f32.
     #[inline(always)]
-    unsafe fn fast_mult(&self, scales: __m512) -> __m512 {
-        _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(self.mult), _mm512_castps_si512(scales)))
+    unsafe fn scaled_add<const FAST: bool>(&self, f: __m512, scales: __m512, acc: __m512) -> __m512 {
+        if FAST {
+            let m = _mm512_add_epi32(_mm512_castps_si512(self.mult), _mm512_castps_si512(scales));
+            _mm512_fmadd_ps(f, _mm512_castsi512_ps(m), acc)
+        } else {
+            scaled_add_exact(f, self.mult, scales, acc)
+        }
     }
+}
 
-    /// The same product rounded by a multiply, for any scale (a NaN stays NaN; an
-    /// overflow is held at f32::MAX so that a zero sum stays zero): equal to
-    /// `fast_mult` wherever that one is exact, so the paths agree bit for bit.
-    #[inline(always)]
-    unsafe fn exact_mult(&self, scales: __m512) -> __m512 {
-        // min(a, b) returns b where either is NaN.
-        _mm512_min_ps(_mm512_set1_ps(f32::MAX), _mm512_mul_ps(self.mult, scales))
-    }
+/// acc + f * mult * scale for any scale (0 and 255 included, or past a range): where
+/// mult * scale is a normal f32, f times that product, the `FAST` path's bits; else
+/// (subnormal, zero, infinite or NaN) f * mult first, then times the scale, so that a
+/// subnormal product does not lose f's precision and an overflow meets a zero sum as
+/// zero. `generic::qgemm_panel` takes the same steps.
+#[inline(always)]
+unsafe fn scaled_add_exact(f: __m512, mult: __m512, scales: __m512, acc: __m512) -> __m512 {
+    let m = _mm512_mul_ps(mult, scales);
+    // Ordered comparisons: false for NaN.
+    let normal = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(m, _mm512_set1_ps(f32::MIN_POSITIVE))
+        & _mm512_cmp_ps_mask::<_CMP_LE_OQ>(m, _mm512_set1_ps(f32::MAX));
+    let in_order = _mm512_fmadd_ps(_mm512_mul_ps(f, mult), scales, acc);
+    _mm512_mask_blend_ps(normal, in_order, _mm512_fmadd_ps(f, m, acc))
 }
 
 /// A joined lane correction c as the two limbs' chain starts: c >> 8 (arithmetic) for
@@ -509,8 +520,8 @@ unsafe fn bytes_within(s: &[u8], lo: u8, hi: u8) -> bool {
 ///
 /// Where every scale byte of the call lies in the activation rows' `scale_range`
 /// (always, for real weights and activations), a lane's d/2 times its scale is one
-/// integer add (`GroupX::fast_mult`), off the multiply pipes that the `vpdpbusd`s
-/// fill; else a multiply (`exact_mult`), to the same bits.
+/// integer add (`GroupX::scaled_add`), off the multiply pipes that the `vpdpbusd`s
+/// fill; else `scaled_add_exact`, to the same bits wherever both apply.
 ///
 /// Groups outer, weight rows next, activation rows inner: each group of codes is
 /// decoded once for the M activation rows, and the activations stay in L1. The four
@@ -624,8 +635,7 @@ unsafe fn dot4_group<const TWO: bool, const M: usize, const FAST: bool, const VB
             None => GroupX::tail::<TWO>(x, nb),
         };
         for r in 0..4 {
-            let mult = if FAST { gx.fast_mult(sc[r]) } else { gx.exact_mult(sc[r]) };
-            acc[r] = _mm512_fmadd_ps(gx.decoded::<TWO>(wl[r], wh[r]), mult, acc[r]);
+            acc[r] = gx.scaled_add::<FAST>(gx.decoded::<TWO>(wl[r], wh[r]), sc[r], acc[r]);
         }
     }
 }
@@ -643,13 +653,13 @@ pub const ROW_BLOCK: usize = 8;
 /// prefetched into L2 line by line, in address order: one stream, and the block's
 /// 11.5 KB are read from L2. A line takes 13 vector operations with two limbs (two
 /// `vpermb`, a shift, four `vpdpbusd`, the join's shift and add, a conversion, the
-/// scales' shuffle, the `vpaddd` of `fast_mult`, an FMA), about 9.8 cycles from L1:
+/// scales' shuffle, the `vpaddd` of `scaled_add`, an FMA), about 9.8 cycles from L1:
 /// at 2 threads it streams 28-35 GB/s of weights whatever the DRAM's minute (README,
 /// "What limits each figure").
 ///
 /// The scales are made bf16 words a chunk at a time (`scale_words`), so that a line's
 /// four take one shuffle; a chunk with a byte outside the row's `scale_range` (a 0 or
-/// 255, or extreme activations) takes `exact_mult` from the bytes. The blocks past the
+/// 255, or extreme activations) takes `scaled_add_exact` from the bytes. The blocks past the
 /// last full group are one more, zero-padded group, as in `mxfp4_dot4_int8`.
 ///
 /// # Safety
@@ -730,8 +740,8 @@ unsafe fn rows_int8<const TWO: bool, const VBMI: bool>(
         let gx = GroupX::tail::<TWO>(x, nb);
         for j in 0..R {
             let v = tail_codes(bp.add(j * rb + groups * 64), t);
-            let mult = gx.exact_mult(table_scales(sp.add(j * nb + groups * 4), t));
-            acc[j] = _mm512_fmadd_ps(gx.line::<TWO, VBMI>(v), mult, acc[j]);
+            let scales = table_scales(sp.add(j * nb + groups * 4), t);
+            acc[j] = gx.scaled_add::<false>(gx.line::<TWO, VBMI>(v), scales, acc[j]);
         }
     }
     for k in groups * R..R * rb / 64 + 1 {
@@ -769,8 +779,7 @@ impl RowsBlock {
         for j in 0..R {
             _mm_prefetch::<_MM_HINT_T1>(self.next.wrapping_add((g * R + j) * 64) as *const i8);
             let v = _mm512_loadu_si512(self.bp.add(j * self.rb + g * 64) as *const __m512i);
-            let mult = if FAST { gx.fast_mult(scale(j)) } else { gx.exact_mult(scale(j)) };
-            acc[j] = _mm512_fmadd_ps(gx.line::<TWO, VBMI>(v), mult, acc[j]);
+            acc[j] = gx.scaled_add::<FAST>(gx.line::<TWO, VBMI>(v), scale(j), acc[j]);
         }
     }
 }
@@ -1079,7 +1088,7 @@ pub unsafe fn mxfp4_codes(blocks: &[u8], out: &mut [u8]) {
 /// sums are joined in integers, 256 s1 + s2, converted once and scaled as in
 /// `mxfp4_dot4_int8`: times the token's multiplier (d/2 / 256) times the block's scale,
 /// that product one integer add with `FAST` (every scale byte of the rows in the pack's
-/// `scale_range`), else a multiply to the same bits (`GroupX::exact_mult`). 10% more
+/// `scale_range`), else `scaled_add_exact` (the same bits wherever both apply). 10% more
 /// multiply-adds per ns than two conversions, a limb FMA and a multiply
 /// (`gemm_panel_speed`: 106-109 against 97-98).
 ///
@@ -1150,12 +1159,12 @@ pub unsafe fn qgemm_panel<const TWO: bool, const G: usize, const FAST: bool>(
                     _mm512_cvtepi32_ps(s1[j][t])
                 };
                 let s = *scales[j].get_unchecked(b);
-                let m = if FAST {
-                    _mm512_castsi512_ps(_mm512_add_epi32(mult, _mm512_set1_epi32(s.to_bits() as i32)))
+                acc[j][t] = if FAST {
+                    let m = _mm512_add_epi32(mult, _mm512_set1_epi32(s.to_bits() as i32));
+                    _mm512_fmadd_ps(f, _mm512_castsi512_ps(m), acc[j][t])
                 } else {
-                    _mm512_min_ps(_mm512_set1_ps(f32::MAX), _mm512_mul_ps(_mm512_castsi512_ps(mult), _mm512_set1_ps(s)))
+                    scaled_add_exact(f, _mm512_castsi512_ps(mult), _mm512_set1_ps(s), acc[j][t])
                 };
-                acc[j][t] = _mm512_fmadd_ps(f, m, acc[j][t]);
             }
         }
     }

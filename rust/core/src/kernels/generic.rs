@@ -180,7 +180,7 @@ pub fn qgemm_panel_pairs(words: &[&[i16]], scales: &[&[f32]], xg: &[super::quant
 /// Quantized packed-GEMM step, any number of rows and groups: c[j][16 g + t] (see
 /// `avx512::qgemm_panel`, whose sums this repeats exactly, in the same order of f32
 /// steps: the limbs joined in integers, then times the token's multiplier times the
-/// block's scale, that product held at f32::MAX).
+/// block's scale where that product is a normal f32, else times each in turn).
 pub fn qgemm_panel<const TWO: bool>(
     codes: &[&[u8]],
     scales: &[&[f32]],
@@ -207,9 +207,10 @@ pub fn qgemm_panel<const TWO: bool>(
                         s
                     };
                     let f = if TWO { (LIMB2_JOIN * sum(0) + sum(1)) as f32 } else { sum(0) as f32 };
-                    // Held at f32::MAX as `_mm512_min_ps` holds it (a NaN stays NaN).
-                    let m = x.half_d[b * T + t] * sc[b];
-                    acc = f.mul_add(if m > f32::MAX { f32::MAX } else { m }, acc);
+                    // As `avx512::scaled_add_exact`: f times a normal product, else in order.
+                    let (hd, s) = (x.half_d[b * T + t], sc[b]);
+                    let m = hd * s;
+                    acc = if m.is_normal() { f.mul_add(m, acc) } else { (f * hd).mul_add(s, acc) };
                 }
                 c[(j * g + gi) * T + t] = acc;
             }

@@ -367,15 +367,20 @@ fn mxfp4_int_gemv_special_scales() {
     // - rows 8-15: a plain first chunk, 0 in the second (row 12);
     // - rows 16-19: 255 in the tail (row 18).
     // With more activation rows the four-row kernel takes rows t, t+5, t+10, t+15, so
-    // calls mix special and plain rows.
+    // calls mix special and plain rows; 20 rows take the quantized packed GEMM.
     for (r, b, v) in [(1, 2, 0u8), (5, 1, 255), (3, 66, 0), (6, 69, 0), (12, 66, 0), (18, 70, 255)] {
         scales[r * nb + b] = v;
     }
+    // Rows whose every scale is 0 or 1 (2^-127, 2^-126): d/2 times the scale is
+    // subnormal, so the kernels must not form that product first (its rounding would
+    // be far outside the bound, which is as small as the row's weights).
+    scales[9 * nb..10 * nb].fill(0);
+    scales[17 * nb..18 * nb].fill(1);
     let mut wf = vec![0f32; rows * n];
     mxfp4::dequantize(&blocks, &scales, &mut wf);
     let w = Weight::mxfp4(&blocks, &scales, rows, n);
     for (precision, per) in [(Precision::Int8, 254.0), (Precision::Int16, 65024.0)] {
-        for m in 1..=INT_GEMV_MAX_ROWS {
+        for m in (1..=INT_GEMV_MAX_ROWS).chain([20]) {
             let x: Vec<f32> = (0..m * n).map(|_| rng.uniform()).collect();
             let (want, mag) = reference(&x, m, &wf, rows, n, None);
             for isa in Isa::available() {
@@ -949,7 +954,7 @@ fn quantize_paths_match_scalar() {
 /// bit. Both kernels, with and without VBMI, every tail length (0-3 blocks past the
 /// last full group), a 0 and a 255 scale among plain ones, activations so large that
 /// plain scale bytes fall outside their `scale_range`, and each kernel with the range
-/// emptied (every group through `GroupX::exact_mult`): the same bits everywhere.
+/// emptied (every group through `scaled_add_exact`): the same bits everywhere.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn mxfp4_int_gemv_kernels_agree_bit_for_bit() {
