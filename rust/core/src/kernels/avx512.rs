@@ -86,8 +86,7 @@ unsafe fn scale_words(sp: *const u8, len: usize, out: *mut u16, lo: u8, hi: u8) 
     debug_assert!(len <= 4 * SCALE_CHUNK);
     let m = if len >= 64 { !0u64 } else { (1u64 << len) - 1 };
     let b = _mm512_maskz_loadu_epi8(m, sp as *const i8);
-    let special = _mm512_mask_cmplt_epu8_mask(m, b, _mm512_set1_epi8(lo as i8))
-        | _mm512_mask_cmpgt_epu8_mask(m, b, _mm512_set1_epi8(hi as i8));
+    let special = bytes_outside(b, m, lo, hi);
     let lo = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(b));
     let hi = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64::<1>(b));
     _mm512_storeu_si512(out as *mut __m512i, _mm512_slli_epi16::<7>(lo));
@@ -499,14 +498,19 @@ unsafe fn tail_codes(p: *const u8, t: usize) -> __m512i {
     _mm512_maskz_loadu_epi8((1u64 << (16 * t)) - 1, p as *const i8)
 }
 
+/// Which of the bytes of `b` selected by `m` lie outside [lo, hi] (unsigned).
+#[inline(always)]
+unsafe fn bytes_outside(b: __m512i, m: __mmask64, lo: u8, hi: u8) -> __mmask64 {
+    _mm512_mask_cmplt_epu8_mask(m, b, _mm512_set1_epi8(lo as i8))
+        | _mm512_mask_cmpgt_epu8_mask(m, b, _mm512_set1_epi8(hi as i8))
+}
+
 /// Whether every byte of `s` lies in [lo, hi].
 #[inline(always)]
 unsafe fn bytes_within(s: &[u8], lo: u8, hi: u8) -> bool {
-    let (lo, hi) = (_mm512_set1_epi8(lo as i8), _mm512_set1_epi8(hi as i8));
     s.chunks(64).all(|c| {
-        let b =
-            _mm512_maskz_loadu_epi8(if c.len() == 64 { !0 } else { (1u64 << c.len()) - 1 }, c.as_ptr() as *const i8);
-        (_mm512_cmplt_epu8_mask(b, lo) | _mm512_cmpgt_epu8_mask(b, hi)) == 0
+        let m = if c.len() == 64 { !0 } else { (1u64 << c.len()) - 1 };
+        bytes_outside(_mm512_maskz_loadu_epi8(m, c.as_ptr() as *const i8), m, lo, hi) == 0
     })
 }
 
@@ -710,7 +714,7 @@ unsafe fn rows_int8<const TWO: bool, const VBMI: bool>(
     debug_assert!(!TWO || (x.q2.len() >= nb * BLOCK && x.lane_neg_corr_joint.len() >= groups * 16));
     let (bp, sp) = (blocks.as_ptr(), scales.as_ptr());
     let mut acc = [_mm512_setzero_ps(); R];
-    let rows = RowsBlock { bp, rb, nb, next, next_scales };
+    let rows = RowsBlock { bp, nb, next, next_scales };
     // SCALE_CHUNK groups at a time, their scales first made words (or, with a byte
     // outside the row's scale range among them, read as bytes line by line).
     let mut words = std::mem::MaybeUninit::<[[u16; 4 * SCALE_CHUNK]; R]>::uninit();
@@ -750,11 +754,10 @@ unsafe fn rows_int8<const TWO: bool, const VBMI: bool>(
     acc.map(|a| hsum(a))
 }
 
-/// The weight rows of one `mxfp4_rows_int8` call: codes at `bp`, `rb` bytes (nb blocks)
-/// per row, and what to prefetch.
+/// The weight rows of one `mxfp4_rows_int8` call: codes at `bp`, nb blocks per row, and
+/// what to prefetch.
 struct RowsBlock {
     bp: *const u8,
-    rb: usize,
     nb: usize,
     next: *const u8,
     next_scales: *const u8,
@@ -778,7 +781,7 @@ impl RowsBlock {
         }
         for j in 0..R {
             _mm_prefetch::<_MM_HINT_T1>(self.next.wrapping_add((g * R + j) * 64) as *const i8);
-            let v = _mm512_loadu_si512(self.bp.add(j * self.rb + g * 64) as *const __m512i);
+            let v = _mm512_loadu_si512(self.bp.add(j * self.nb * BLOCK_BYTES + g * 64) as *const __m512i);
             acc[j] = gx.scaled_add::<FAST>(gx.line::<TWO, VBMI>(v), scale(j), acc[j]);
         }
     }

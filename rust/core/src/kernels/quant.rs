@@ -99,11 +99,21 @@ pub struct QRow<'a> {
 /// amax_b * sum|w_b| each to a result's error.
 pub const TINY: f32 = 7.888_609e-31;
 
-/// Weight of the second limb: 1 / LIMB2_JOIN.
-pub const LIMB2: f32 = 1.0 / 256.0;
-/// The limbs joined as one integer: LIMB2_JOIN * q + q2 (`1 << LIMB2_SHIFT`).
-pub const LIMB2_JOIN: i32 = 256;
+/// The limbs joined as one integer: LIMB2_JOIN * q + q2, LIMB2_JOIN = 1 << LIMB2_SHIFT.
 pub const LIMB2_SHIFT: u32 = 8;
+pub const LIMB2_JOIN: i32 = 1 << LIMB2_SHIFT;
+/// Weight of the second limb.
+pub const LIMB2: f32 = 1.0 / LIMB2_JOIN as f32;
+
+/// What multiplies a block's integer sum: d/2, over LIMB2_JOIN with two limbs (their
+/// sums joined).
+fn sum_multiplier(half_d: f32, two_limbs: bool) -> f32 {
+    if two_limbs {
+        half_d * LIMB2
+    } else {
+        half_d
+    }
+}
 
 impl QuantX {
     pub fn row(&self, i: usize) -> QRow<'_> {
@@ -193,14 +203,14 @@ impl QuantX {
                 if grouped && b < groups * 4 {
                     let first = i * groups * 16 + (b / 4) * 16 + (b % 4) * 4;
                     self.lane_half_d[first..first + 4].fill(half_d);
+                    let mult = sum_multiplier(half_d, two_limbs);
                     if joint > 0 {
                         for l in first..first + 4 {
                             // At most 256 * 12192 + 12288 in magnitude.
                             self.lane_neg_corr_joint[l] = LIMB2_JOIN * self.lane_neg_corr[l] + self.lane_neg_corr2[l];
                         }
-                        self.lane_half_d_joint[first..first + 4].fill(half_d * LIMB2);
+                        self.lane_half_d_joint[first..first + 4].fill(mult);
                     }
-                    let mult = if two_limbs { half_d * LIMB2 } else { half_d };
                     self.lane_scale_bits[first..first + 4].fill(range.add(mult));
                 }
             }
@@ -393,7 +403,7 @@ impl QPack {
                 let (half_d, sum, sum2) =
                     quantize_block_on(isa, &x[i * n + b * BLOCK..][..BLOCK], two_limbs, &mut qb, &mut qb2);
                 let gb = g * nb + b;
-                let mult = if two_limbs { half_d * LIMB2 } else { half_d };
+                let mult = sum_multiplier(half_d, two_limbs);
                 self.half_d[gb * T + t] = mult;
                 self.scale_bits[gb * T + t] = range.add(mult);
                 if !quads {
