@@ -737,8 +737,38 @@ fn kernel_speed() {
         let d = avx512::mxfp4_rows_int8::<true>(&qx.row(0), &rows_b, &rows_s, rows_b.as_ptr(), rows_s.as_ptr());
         [d[0], d[1], d[2], d[3]]
     };
+    // The same over 40 different row blocks (460 KB: from L2), each call prefetching the
+    // next as the driver does.
+    let l2_blocks = 40;
+    let many_b: Vec<u8> = (0..l2_blocks).flat_map(|_| rows_b.iter().copied()).collect();
+    let many_s: Vec<u8> = (0..l2_blocks).flat_map(|_| rows_s.iter().copied()).collect();
+    let which = std::cell::Cell::new(0usize);
+    let int16_rows_l2 = || unsafe {
+        let i = which.get();
+        which.set((i + 1) % l2_blocks);
+        let (bl, sl) = (rows_b.len(), rows_s.len());
+        let j = (i + 1) % l2_blocks;
+        let d = avx512::mxfp4_rows_int8::<true>(
+            &qx.row(0),
+            &many_b[i * bl..(i + 1) * bl],
+            &many_s[i * sl..(i + 1) * sl],
+            many_b.as_ptr().add(j * bl),
+            many_s.as_ptr().add(j * sl),
+        );
+        [d[0], d[1], d[2], d[3]]
+    };
+    let avx2_int16 = || unsafe { avx2::mxfp4_dot4_int8::<true, 1>(&[&qx.row(0)], b, s)[0] };
+    let avx2_int8 = || unsafe { avx2::mxfp4_dot4_int8::<false, 1>(&[&qx.row(0)], b, s)[0] };
+    // 88 of the 90 blocks: no blocks past the last full group.
+    let b88 = b.map(|r| &r[..88 * 16]);
+    let s88 = s.map(|r| &r[..88]);
+    let avx2_int16_88 = || unsafe { avx2::mxfp4_dot4_int8::<true, 1>(&[&qx.row(0)], b88, s88)[0] };
     // (name, kernel, weight rows times activation rows per call)
-    let kernels: [(&str, &dyn Fn() -> [f32; 4], usize); 6] = [
+    let kernels: [(&str, &dyn Fn() -> [f32; 4], usize); 10] = [
+        ("avx2 int16", &avx2_int16, 4),
+        ("avx2 int8", &avx2_int8, 4),
+        ("avx2 int16 88 blocks (x 88/90)", &avx2_int16_88, 4),
+        ("int16, row block from L2", &int16_rows_l2, rb),
         ("f32  ", &f32_kernel, 4),
         ("int8 ", &int8_kernel, 4),
         ("int16", &int16_kernel, 4),
