@@ -111,7 +111,8 @@ enum Path {
     Tiles,
     /// m >= PACKED_MIN_ROWS: packed activations, broadcast weights (`gemm_panel`).
     Packed,
-    /// m > INT_GEMV_MAX_ROWS, MXFP4 at the int precisions on x86 and the scalar path:
+    /// m > INT_GEMV_MAX_ROWS, MXFP4 at the int precisions on x86, NEON with dotprod and
+    /// the scalar path:
     /// quantized activations in token groups, exact integer sums per block
     /// (`qgemm_panel`, `qgemm_panel_pairs`). From 5 tokens on it beats the f32 small
     /// GEMM despite padding a group to 16 (AVX-512 VNNI, pp96: +20%).
@@ -128,8 +129,12 @@ impl Path {
         };
         let int_gemm = match isa {
             Isa::Avx512 | Isa::Avx2 => cfg!(target_arch = "x86_64"),
-            // NEON's prefill GEMMs keep f32 activations (its packed f32 GEMM is far
-            // faster than the scalar quantized one).
+            // NEON takes the quantized packed GEMM with `sdot`; without dotprod its
+            // prefill GEMMs keep f32 activations (its packed f32 GEMM is far faster than
+            // the scalar quantized one).
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => dotprod(),
+            #[cfg(not(target_arch = "aarch64"))]
             Isa::Neon => false,
             Isa::Scalar => true,
         };
@@ -442,7 +447,8 @@ fn joins_limbs(isa: Isa) -> bool {
 }
 
 /// The quantized packed GEMM's activation form on `isa`: int8 limbs for `vpdpbusd`
-/// (AVX-512 VNNI and the scalar twin), joined i16s for `vpmaddwd` (AVX2).
+/// (AVX-512 VNNI), `sdot` (NEON with dotprod) and the scalar twin, joined i16s for
+/// `vpmaddwd` (AVX2).
 fn qpack_form(isa: Isa) -> quant::QForm {
     if joins_limbs(isa) {
         quant::QForm::Pairs
@@ -800,6 +806,8 @@ fn mxfp4_codes(isa: Isa, blocks: &[u8], out: &mut [u8]) {
         // SAFETY: the path was selected for this CPU; out is twice the blocks' length.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::mxfp4_codes(blocks, out) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe { neon::mxfp4_codes(blocks, out) },
         _ => generic::mxfp4_codes(blocks, out),
     }
 }
@@ -883,6 +891,20 @@ fn qgemm_panel(
             (true, false) => panel!(true, false),
             (false, true) => panel!(false, true),
             (false, false) => panel!(false, false),
+        }
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if isa == Isa::Neon {
+        // SAFETY: the Quads form is only packed on NEON where the CPU has dotprod
+        // (`Path::of`); sizes as for the AVX-512 step above.
+        unsafe {
+            match (two, fast) {
+                (true, true) => neon::qgemm_panel_sdot::<true, true>(codes, scales, groups, nb, c),
+                (true, false) => neon::qgemm_panel_sdot::<true, false>(codes, scales, groups, nb, c),
+                (false, true) => neon::qgemm_panel_sdot::<false, true>(codes, scales, groups, nb, c),
+                (false, false) => neon::qgemm_panel_sdot::<false, false>(codes, scales, groups, nb, c),
+            }
         }
         return;
     }

@@ -375,3 +375,161 @@ unsafe fn q8_dot4_int8_body<const TWO: bool, const SDOT: bool>(
     }
     acc
 }
+
+/// One MXFP4 row's codes as u8 2*E2M1+12 in natural order (`generic::mxfp4_codes`'s
+/// twin): the operand `qgemm_panel_sdot` multiplies. Codes up to 24 are the same bytes
+/// as i8, so `sdot` (signed) takes them with the corrections `vpdpbusd` takes.
+///
+/// # Safety
+/// NEON; `out.len() == 2 * blocks.len()`.
+#[target_feature(enable = "neon")]
+pub unsafe fn mxfp4_codes(blocks: &[u8], out: &mut [u8]) {
+    use super::quant::W2_PLUS_12;
+    debug_assert_eq!(out.len(), 2 * blocks.len());
+    let table = vld1q_u8(W2_PLUS_12.as_ptr());
+    let full = blocks.len() / 16 * 16;
+    for i in (0..full).step_by(16) {
+        let (lo, hi) = block_codes(blocks.as_ptr().add(i));
+        // Interleaved: element 2k is byte k's low nibble, 2k + 1 its high one.
+        vst2q_u8(out.as_mut_ptr().add(2 * i), uint8x16x2_t(vqtbl1q_u8(table, lo), vqtbl1q_u8(table, hi)));
+    }
+    super::generic::mxfp4_codes(&blocks[full..], &mut out[2 * full..]);
+}
+
+/// `sdot` by element: each 4-byte group of `x` against bytes 4L..4L+4 of `w`, into the
+/// four i32 lanes of `acc` (asm, as `dot32_sdot`).
+#[target_feature(enable = "neon,dotprod")]
+#[inline]
+unsafe fn sdot_lane<const L: i32>(acc: int32x4_t, x: int8x16_t, w: int8x16_t) -> int32x4_t {
+    let mut acc = acc;
+    std::arch::asm!(
+        "sdot {acc:v}.4s, {x:v}.16b, {w:v}.4b[{l}]",
+        acc = inout(vreg) acc,
+        x = in(vreg) x,
+        w = in(vreg) w,
+        l = const L,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    acc
+}
+
+/// Quad `quad` of block b (codes 4L..4L+4 of the 16 bytes in `w`, one register per
+/// row) against the 16 tokens of group `x`: each limb's four vectors of 4 tokens.
+#[inline(always)]
+unsafe fn qgemm_quad<const TWO: bool, const L: i32>(
+    x: &super::quant::QGroup,
+    b: usize,
+    quad: usize,
+    w: [int8x16_t; 2],
+    s1: &mut [[int32x4_t; 4]; 2],
+    s2: &mut [[int32x4_t; 4]; 2],
+) {
+    use super::quant::{QPACK_TOKENS as T, QUADS};
+    let limbs = if TWO { 2 } else { 1 };
+    let p = x.q.as_ptr().add((b * QUADS + quad) * limbs * T * 4);
+    for k in 0..4 {
+        let x1 = vld1q_s8(p.add(16 * k));
+        for r in 0..2 {
+            s1[r][k] = sdot_lane::<L>(s1[r][k], x1, w[r]);
+        }
+        if TWO {
+            let x2 = vld1q_s8(p.add(T * 4 + 16 * k));
+            for r in 0..2 {
+                s2[r][k] = sdot_lane::<L>(s2[r][k], x2, w[r]);
+            }
+        }
+    }
+}
+
+/// Quantized packed-GEMM step with `sdot` (`avx512::qgemm_panel`'s form and sums, the
+/// scalar twin's f32 steps: the same bits): c[j][16 g + t] for `QPANEL_ROWS` weight
+/// rows and the token groups of a `QPack` (`QForm::Quads`). Two rows and one group at
+/// a time: per block and limb, each quad of a row's codes is taken by element against
+/// that quad of the group's 16 tokens (four vectors), 16 multiply-adds per `sdot`,
+/// from the groups' -12*sum(q) corrections; the limbs' sums are joined in integers
+/// (256 s1 + s2), converted once and scaled as `qgemm_panel` does, one integer add
+/// for d/2 times the scale with `FAST`, else `scaled_add_exact`'s steps.
+///
+/// Not timed on aarch64 hardware (none here; CI runs it under qemu). Per block and
+/// pair of rows it issues 64 `sdot`s (two limbs) against 32 loads of activations,
+/// where the f32 packed GEMM it replaces on CPUs with dotprod issued a multiply-add per
+/// 4 values: a quarter of the instructions per multiply-add with one limb, half with two.
+///
+/// # Safety
+/// NEON and dotprod; `codes[j]` hold 32 * nb bytes (u8 2*E2M1+12), `scales[j]` nb
+/// values, each group a `QPack` group of nb blocks with 1 + TWO limbs, `c.len() >=
+/// QPANEL_ROWS * 16 * xg.len()`.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn qgemm_panel_sdot<const TWO: bool, const FAST: bool>(
+    codes: [&[u8]; super::QPANEL_ROWS],
+    scales: [&[f32]; super::QPANEL_ROWS],
+    xg: &[super::quant::QGroup],
+    nb: usize,
+    c: &mut [f32],
+) {
+    use super::quant::{LIMB2_SHIFT, QPACK_TOKENS as T, QUADS};
+    const R: usize = super::QPANEL_ROWS;
+    let limbs = if TWO { 2 } else { 1 };
+    let g = xg.len();
+    for j in 0..R {
+        debug_assert!(codes[j].len() >= nb * BLOCK && scales[j].len() >= nb);
+    }
+    debug_assert!(c.len() >= R * T * g);
+    for (t, x) in xg.iter().enumerate() {
+        debug_assert!(x.q.len() >= nb * QUADS * limbs * T * 4 && x.half_d.len() >= nb * T);
+        for j0 in (0..R).step_by(2) {
+            let mut acc = [[vdupq_n_f32(0.0); 4]; 2];
+            for b in 0..nb {
+                let nc = x.neg_corr.as_ptr().add(b * limbs * T);
+                let mut s1 = [[vdupq_n_s32(0); 4]; 2];
+                let mut s2 = [[vdupq_n_s32(0); 4]; 2];
+                for k in 0..4 {
+                    let (c1, c2) = (vld1q_s32(nc.add(4 * k)), vld1q_s32(nc.add((limbs - 1) * T + 4 * k)));
+                    for r in 0..2 {
+                        s1[r][k] = c1;
+                        s2[r][k] = c2;
+                    }
+                }
+                for half in 0..2 {
+                    let w = [0, 1].map(|r| vld1q_s8(codes[j0 + r].as_ptr().add(b * BLOCK + 16 * half) as *const i8));
+                    qgemm_quad::<TWO, 0>(x, b, 4 * half, w, &mut s1, &mut s2);
+                    qgemm_quad::<TWO, 1>(x, b, 4 * half + 1, w, &mut s1, &mut s2);
+                    qgemm_quad::<TWO, 2>(x, b, 4 * half + 2, w, &mut s1, &mut s2);
+                    qgemm_quad::<TWO, 3>(x, b, 4 * half + 3, w, &mut s1, &mut s2);
+                }
+                for k in 0..4 {
+                    let hd = vld1q_f32(x.half_d.as_ptr().add(b * T + 4 * k));
+                    let bits = vld1q_s32(x.scale_bits.as_ptr().add(b * T + 4 * k));
+                    for r in 0..2 {
+                        let sum = if TWO {
+                            vaddq_s32(vshlq_n_s32::<{ LIMB2_SHIFT as i32 }>(s1[r][k]), s2[r][k])
+                        } else {
+                            s1[r][k]
+                        };
+                        let f = vcvtq_f32_s32(sum);
+                        let s = *scales[j0 + r].get_unchecked(b);
+                        acc[r][k] = if FAST {
+                            let m = vaddq_s32(bits, vdupq_n_s32(s.to_bits() as i32));
+                            vfmaq_f32(acc[r][k], f, vreinterpretq_f32_s32(m))
+                        } else {
+                            // f times d/2 times the scale where that product is a normal
+                            // f32, else in order (`avx512::scaled_add_exact`).
+                            let m = vmulq_n_f32(hd, s);
+                            let normal = vandq_u32(
+                                vcgeq_f32(m, vdupq_n_f32(f32::MIN_POSITIVE)),
+                                vcleq_f32(m, vdupq_n_f32(f32::MAX)),
+                            );
+                            let in_order = vfmaq_n_f32(acc[r][k], vmulq_f32(f, hd), s);
+                            vbslq_f32(normal, vfmaq_f32(acc[r][k], f, m), in_order)
+                        };
+                    }
+                }
+            }
+            for r in 0..2 {
+                for k in 0..4 {
+                    vst1q_f32(c.as_mut_ptr().add(((j0 + r) * g + t) * T + 4 * k), acc[r][k]);
+                }
+            }
+        }
+    }
+}
