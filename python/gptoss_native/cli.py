@@ -94,7 +94,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .synth import synth
 
     feats = gn.cpu_features()
-    flags = [k for k in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_vbmi", "avx512_bf16", "neon", "dotprod") if feats.get(k)]
+    flags = [k for k in ("avx2", "fma", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_vbmi", "avx512_bf16", "neon", "dotprod") if feats.get(k)]
     print(f"gptoss-native {gn.__version__} on {feats['arch']}: kernels={feats['kernels']} ({feats['reason']})")
     print(f"  CPU features: {' '.join(flags) or 'none'}; {feats['threads']} threads")
     print("MXFP4 / bf16 kernel self-check against numpy:")

@@ -60,6 +60,9 @@ pub struct Features {
     pub avx2: bool,
     pub fma: bool,
     pub f16c: bool,
+    /// VEX-encoded 256-bit `vpdpbusd` (Intel from Alder Lake, AMD Zen 5), which the
+    /// AVX2 int GEMV takes where present.
+    pub avxvnni: bool,
     pub avx512f: bool,
     pub avx512bw: bool,
     pub avx512vl: bool,
@@ -79,6 +82,7 @@ pub fn features() -> Features {
             avx2: is_x86_feature_detected!("avx2"),
             fma: is_x86_feature_detected!("fma"),
             f16c: is_x86_feature_detected!("f16c"),
+            avxvnni: is_x86_feature_detected!("avxvnni"),
             avx512f: is_x86_feature_detected!("avx512f"),
             avx512bw: is_x86_feature_detected!("avx512bw"),
             avx512vl: is_x86_feature_detected!("avx512vl"),

@@ -279,6 +279,7 @@ fn cpu_features(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         ("avx512vl", f.avx512vl),
         ("avx512_vnni", f.avx512vnni),
         ("avx512_vbmi", f.avx512vbmi),
+        ("avx_vnni", f.avxvnni),
         ("avx512_bf16", f.avx512bf16),
         ("neon", f.neon),
         ("dotprod", f.dotprod),

@@ -319,6 +319,19 @@ unsafe fn table_scales(sp: *const u8, t: usize) -> [__m256; 2] {
     [_mm256_set_m128(e(1), e(0)), _mm256_set_m128(e(3), e(2))]
 }
 
+/// How the AVX2 int GEMV sums u8 x s8 products into dword lanes.
+struct Dot;
+
+impl Dot {
+    /// `vpmaddubsw` into words, `vpmaddwd` into dwords (every AVX2 CPU).
+    const WORDS: u8 = 0;
+    /// 256-bit `vpdpbusd`, VEX-encoded (AVX-VNNI: Intel from Alder Lake, AMD Zen 5).
+    const VEX: u8 = 1;
+    /// 256-bit `vpdpbusd`, EVEX-encoded (AVX-512 VNNI with VL): the same operation,
+    /// through which the tests run the `VEX` body on CPUs without AVX-VNNI.
+    const EVEX: u8 = 2;
+}
+
 /// One half line's activations (two blocks): per limb the evens and odds (`vpmaddubsw`
 /// operands against the low and high nibbles' codes) and each dword lane's correction
 /// (-12 times the sum of its values, over 256 q + q2 with two limbs).
@@ -368,7 +381,7 @@ impl HalfX {
         let zero = HalfX { xe, xo, xe2, xo2, corr: _mm256_setzero_si256() };
         // The lanes' sums against weights of 12: the corrections, negated.
         let twelve = _mm256_set1_epi8(12);
-        let corr = _mm256_sub_epi32(_mm256_setzero_si256(), zero.lanes::<TWO>(twelve, twelve));
+        let corr = _mm256_sub_epi32(_mm256_setzero_si256(), zero.lanes::<TWO, { Dot::WORDS }>(twelve, twelve));
         let mult = |b: usize| _mm_set1_ps(if TWO { x.half_d[b] * LIMB2 } else { x.half_d[b] });
         let mult = _mm256_set_m128(if pair { mult(b + 1) } else { _mm_setzero_ps() }, mult(b));
         (HalfX { corr, ..zero }, mult)
@@ -377,9 +390,30 @@ impl HalfX {
     /// Codes made u8 2*E2M1+12 (low nibbles `wl`, high `wh`) against these activations:
     /// each dword lane's exact integer sum over its 8 values (pairs of words at most
     /// 2*24*127 each; with two limbs the first limb's words weigh 256, joining the limbs:
-    /// at most 8*12*32640 in magnitude, exact in f32 too), corrected.
+    /// at most 8*12*32640 in magnitude, exact in f32 too), corrected. With `DOT` (not
+    /// `Dot::Words`) each limb's lanes are two 256-bit `vpdpbusd`s instead of two
+    /// `vpmaddubsw`, a `vpaddw` and a `vpmaddwd`, and the limbs join with a shift and an
+    /// add: 7 operations for two limbs where the words take 11. The same integers.
     #[inline(always)]
-    unsafe fn lanes<const TWO: bool>(&self, wl: __m256i, wh: __m256i) -> __m256i {
+    unsafe fn lanes<const TWO: bool, const DOT: u8>(&self, wl: __m256i, wh: __m256i) -> __m256i {
+        if DOT != Dot::WORDS {
+            let dp = |acc: __m256i, w: __m256i, x: __m256i| {
+                if DOT == Dot::EVEX {
+                    _mm256_dpbusd_epi32(acc, w, x)
+                } else {
+                    _mm256_dpbusd_avx_epi32(acc, w, x)
+                }
+            };
+            let z = _mm256_setzero_si256();
+            let s1 = dp(dp(z, wl, self.xe), wh, self.xo);
+            let sum = if TWO {
+                let s2 = dp(dp(z, wl, self.xe2), wh, self.xo2);
+                _mm256_add_epi32(_mm256_slli_epi32::<{ super::quant::LIMB2_SHIFT as i32 }>(s1), s2)
+            } else {
+                s1
+            };
+            return _mm256_add_epi32(sum, self.corr);
+        }
         let words =
             |xe: __m256i, xo: __m256i| _mm256_add_epi16(_mm256_maddubs_epi16(wl, xe), _mm256_maddubs_epi16(wh, xo));
         let sum = if TWO {
@@ -434,6 +468,42 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
     blocks: [&[u8]; 4],
     scales: [&[u8]; 4],
 ) -> [[f32; 4]; M] {
+    int_dot4::<TWO, M, { Dot::WORDS }>(xs, blocks, scales)
+}
+
+/// `mxfp4_dot4_int8` with 256-bit `vpdpbusd` (AVX-VNNI): the same bits.
+///
+/// # Safety
+/// avx2/fma/avxvnni; as `mxfp4_dot4_int8`.
+#[target_feature(enable = "avx2,fma,avxvnni")]
+pub unsafe fn mxfp4_dot4_int8_avxvnni<const TWO: bool, const M: usize>(
+    xs: &[&super::quant::QRow; M],
+    blocks: [&[u8]; 4],
+    scales: [&[u8]; 4],
+) -> [[f32; 4]; M] {
+    int_dot4::<TWO, M, { Dot::VEX }>(xs, blocks, scales)
+}
+
+/// `mxfp4_dot4_int8_avxvnni` through the EVEX encoding of the same instruction (AVX-512
+/// VNNI/VL CPUs, which take the AVX-512 kernels; here for the tests and the benches).
+///
+/// # Safety
+/// avx2/fma/avx512vnni/avx512vl; as `mxfp4_dot4_int8`.
+#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+pub unsafe fn mxfp4_dot4_int8_evex<const TWO: bool, const M: usize>(
+    xs: &[&super::quant::QRow; M],
+    blocks: [&[u8]; 4],
+    scales: [&[u8]; 4],
+) -> [[f32; 4]; M] {
+    int_dot4::<TWO, M, { Dot::EVEX }>(xs, blocks, scales)
+}
+
+#[inline(always)]
+unsafe fn int_dot4<const TWO: bool, const M: usize, const DOT: u8>(
+    xs: &[&super::quant::QRow; M],
+    blocks: [&[u8]; 4],
+    scales: [&[u8]; 4],
+) -> [[f32; 4]; M] {
     let nb = scales[0].len();
     let groups = nb / 4;
     for x in xs {
@@ -448,10 +518,10 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
     let tails = (nb - first).div_ceil(2);
     let z = _mm256_setzero_si256();
     let mut tail = [[(HalfX { xe: z, xo: z, xe2: z, xo2: z, corr: z }, _mm256_setzero_ps()); 2]; M];
-    for i in 0..M {
-        for j in 0..tails {
+    for (x, tail) in xs.iter().zip(tail.iter_mut()) {
+        for (j, t) in tail.iter_mut().enumerate().take(tails) {
             let b = first + 2 * j;
-            tail[i][j] = HalfX::tail::<TWO>(xs[i], b, b + 1 < nb);
+            *t = HalfX::tail::<TWO>(x, b, b + 1 < nb);
         }
     }
     let mut out = [[0f32; 4]; M];
@@ -467,7 +537,7 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
                 let (wl, wh) = int_codes(_mm256_loadu_si256(row.add(g * 4 * BLOCK_BYTES + 32 * k) as *const __m256i));
                 let l = g * 16 + 8 * k;
                 for (x, acc) in xs.iter().zip(acc.iter_mut()) {
-                    let f = _mm256_cvtepi32_ps(HalfX::load::<TWO>(x, g, k).lanes::<TWO>(wl, wh));
+                    let f = _mm256_cvtepi32_ps(HalfX::load::<TWO>(x, g, k).lanes::<TWO, DOT>(wl, wh));
                     let mult = if TWO { x.lane_half_d_joint } else { x.lane_half_d };
                     *acc = _mm256_fmadd_ps(_mm256_mul_ps(f, _mm256_loadu_ps(mult.as_ptr().add(l))), s, *acc);
                 }
@@ -482,9 +552,9 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
             };
             let (wl, wh) = int_codes(v);
             let s = table_scales(sp.add(first), nb - first)[j];
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let (hx, mult) = tail[i][j];
-                let f = _mm256_cvtepi32_ps(hx.lanes::<TWO>(wl, wh));
+            for (acc, tail) in acc.iter_mut().zip(&tail) {
+                let (hx, mult) = tail[j];
+                let f = _mm256_cvtepi32_ps(hx.lanes::<TWO, DOT>(wl, wh));
                 *acc = _mm256_fmadd_ps(_mm256_mul_ps(f, mult), s, *acc);
             }
         }
@@ -686,6 +756,51 @@ pub unsafe fn qgemm_panel_pairs<const V: usize>(
     c: &mut [f32],
     stride: usize,
 ) {
+    pairs_panel::<V, { Dot::WORDS }>(words, scales, x, nb, c, stride)
+}
+
+/// `qgemm_panel_pairs` with 256-bit `vpdpwssd` (AVX-VNNI), one instruction where
+/// `vpmaddwd` and `vpaddd` take two: the same bits.
+///
+/// # Safety
+/// avx2/fma/avxvnni; as `qgemm_panel_pairs`.
+#[target_feature(enable = "avx2,fma,avxvnni")]
+pub unsafe fn qgemm_panel_pairs_avxvnni<const V: usize>(
+    words: [&[i16]; super::QPANEL_ROWS],
+    scales: [&[f32]; super::QPANEL_ROWS],
+    x: &super::quant::QGroup,
+    nb: usize,
+    c: &mut [f32],
+    stride: usize,
+) {
+    pairs_panel::<V, { Dot::VEX }>(words, scales, x, nb, c, stride)
+}
+
+/// `qgemm_panel_pairs_avxvnni` through the EVEX encoding (see `mxfp4_dot4_int8_evex`).
+///
+/// # Safety
+/// avx2/fma/avx512vnni/avx512vl; as `qgemm_panel_pairs`.
+#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+pub unsafe fn qgemm_panel_pairs_evex<const V: usize>(
+    words: [&[i16]; super::QPANEL_ROWS],
+    scales: [&[f32]; super::QPANEL_ROWS],
+    x: &super::quant::QGroup,
+    nb: usize,
+    c: &mut [f32],
+    stride: usize,
+) {
+    pairs_panel::<V, { Dot::EVEX }>(words, scales, x, nb, c, stride)
+}
+
+#[inline(always)]
+unsafe fn pairs_panel<const V: usize, const DOT: u8>(
+    words: [&[i16]; super::QPANEL_ROWS],
+    scales: [&[f32]; super::QPANEL_ROWS],
+    x: &super::quant::QGroup,
+    nb: usize,
+    c: &mut [f32],
+    stride: usize,
+) {
     use super::quant::{PAIRS, QPACK_TOKENS as T};
     const R: usize = super::QPANEL_ROWS;
     for j in 0..R {
@@ -705,7 +820,11 @@ pub unsafe fn qgemm_panel_pairs<const V: usize>(
                 let pair = (words[j].as_ptr().add(b * BLOCK + 2 * p) as *const i32).read_unaligned();
                 let wb = _mm256_set1_epi32(pair);
                 for v in 0..V {
-                    s[j][v] = _mm256_add_epi32(s[j][v], _mm256_madd_epi16(wb, xv[v]));
+                    s[j][v] = match DOT {
+                        Dot::WORDS => _mm256_add_epi32(s[j][v], _mm256_madd_epi16(wb, xv[v])),
+                        Dot::VEX => _mm256_dpwssd_avx_epi32(s[j][v], wb, xv[v]),
+                        _ => _mm256_dpwssd_epi32(s[j][v], wb, xv[v]),
+                    };
                 }
             }
         }

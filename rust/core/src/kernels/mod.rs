@@ -402,6 +402,8 @@ fn dot4_int8<const TWO: bool, const M: usize>(isa: Isa, xs: &[&QRow; M], w: &Wei
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if vnni() => unsafe { avx512::mxfp4_dot4_int8_no_vbmi::<TWO, M>(xs, b, s) },
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if avxvnni() => unsafe { avx2::mxfp4_dot4_int8_avxvnni::<TWO, M>(xs, b, s) },
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Avx2 => unsafe { avx2::mxfp4_dot4_int8::<TWO, M>(xs, b, s) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon if dotprod() => xs.map(|x| unsafe { neon::mxfp4_dot4_int8_sdot::<TWO>(x, b, s) }),
@@ -426,6 +428,12 @@ fn interleaves_rows(isa: Isa) -> bool {
 #[cfg(target_arch = "x86_64")]
 fn vnni() -> bool {
     is_x86_feature_detected!("avx512vnni")
+}
+
+/// Whether the AVX2 int GEMV can take 256-bit `vpdpbusd` (AVX-VNNI; cached by std).
+#[cfg(target_arch = "x86_64")]
+fn avxvnni() -> bool {
+    is_x86_feature_detected!("avxvnni")
 }
 
 /// Whether the AVX-512 int GEMVs can decode codes with `vpermb` (cached by std; Ice
@@ -846,10 +854,14 @@ fn qgemm_panel_pairs(
             let stride = groups.len() * T;
             for (gi, x) in groups.iter().enumerate() {
                 let c = &mut c[gi * T..];
-                if used <= gi * T + T / 2 {
-                    unsafe { avx2::qgemm_panel_pairs::<1>(words, scales, x, nb, c, stride) }
-                } else {
-                    unsafe { avx2::qgemm_panel_pairs::<2>(words, scales, x, nb, c, stride) }
+                let short = used <= gi * T + T / 2;
+                unsafe {
+                    match (avxvnni(), short) {
+                        (true, true) => avx2::qgemm_panel_pairs_avxvnni::<1>(words, scales, x, nb, c, stride),
+                        (true, false) => avx2::qgemm_panel_pairs_avxvnni::<2>(words, scales, x, nb, c, stride),
+                        (false, true) => avx2::qgemm_panel_pairs::<1>(words, scales, x, nb, c, stride),
+                        (false, false) => avx2::qgemm_panel_pairs::<2>(words, scales, x, nb, c, stride),
+                    }
                 }
             }
         }

@@ -451,9 +451,9 @@ unsafe fn qgemm_quad<const TWO: bool, const L: i32>(
 /// for d/2 times the scale with `FAST`, else `scaled_add_exact`'s steps.
 ///
 /// Not timed on aarch64 hardware (none here; CI runs it under qemu). Per block and
-/// pair of rows it issues 64 `sdot`s (two limbs) against 32 loads of activations,
-/// where the f32 packed GEMM it replaces on CPUs with dotprod issued a multiply-add per
-/// 4 values: a quarter of the instructions per multiply-add with one limb, half with two.
+/// pair of rows (1024 multiply-adds with two limbs) it issues 128 `sdot`s and 64 loads
+/// of activations, where the f32 packed GEMM it replaces on CPUs with dotprod issues
+/// 256 FMAs: half the arithmetic instructions with two limbs, a quarter with one.
 ///
 /// # Safety
 /// NEON and dotprod; `codes[j]` hold 32 * nb bytes (u8 2*E2M1+12), `scales[j]` nb

@@ -759,14 +759,18 @@ fn kernel_speed() {
     };
     let avx2_int16 = || unsafe { avx2::mxfp4_dot4_int8::<true, 1>(&[&qx.row(0)], b, s)[0] };
     let avx2_int8 = || unsafe { avx2::mxfp4_dot4_int8::<false, 1>(&[&qx.row(0)], b, s)[0] };
+    let evex_int16 = || unsafe { avx2::mxfp4_dot4_int8_evex::<true, 1>(&[&qx.row(0)], b, s)[0] };
+    let evex_int8 = || unsafe { avx2::mxfp4_dot4_int8_evex::<false, 1>(&[&qx.row(0)], b, s)[0] };
     // 88 of the 90 blocks: no blocks past the last full group.
     let b88 = b.map(|r| &r[..88 * 16]);
     let s88 = s.map(|r| &r[..88]);
     let avx2_int16_88 = || unsafe { avx2::mxfp4_dot4_int8::<true, 1>(&[&qx.row(0)], b88, s88)[0] };
     // (name, kernel, weight rows times activation rows per call)
-    let kernels: [(&str, &dyn Fn() -> [f32; 4], usize); 10] = [
+    let kernels: [(&str, &dyn Fn() -> [f32; 4], usize); 12] = [
         ("avx2 int16", &avx2_int16, 4),
         ("avx2 int8", &avx2_int8, 4),
+        ("avx2 + 256-bit VNNI int16", &evex_int16, 4),
+        ("avx2 + 256-bit VNNI int8", &evex_int8, 4),
         ("avx2 int16 88 blocks (x 88/90)", &avx2_int16_88, 4),
         ("int16, row block from L2", &int16_rows_l2, rb),
         ("f32  ", &f32_kernel, 4),
@@ -840,6 +844,11 @@ fn gemm_panel_speed() {
         time("avx2 qgemm_panel_pairs, 4 rows x 8 tokens", 4 * 8 * n, &mut |c| unsafe {
             avx2::qgemm_panel_pairs::<1>(wr, sr, &pg[0], nb, c, 16)
         });
+        if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+            time("avx2 + 256-bit VNNI qgemm_panel_pairs, 4 rows x 16 tokens", 4 * 16 * n, &mut |c| unsafe {
+                avx2::qgemm_panel_pairs_evex::<2>(wr, sr, &pg[0], nb, c, 16)
+            });
+        }
     }
     if Isa::available().contains(&Isa::Avx512) {
         let w12: [&[f32]; avx512::PANEL_ROWS] = std::array::from_fn(|j| &rows6[j % 6][..]);
@@ -1229,6 +1238,123 @@ fn lane_scale_bits_are_exact_products_within_the_scale_range() {
             }
             if hi < 254 {
                 assert!(lanes.clone().any(|l| !exact(l, hi + 1)), "case {case}: {} also fits", hi + 1);
+            }
+        }
+    }
+}
+
+/// The AVX2 int GEMV with 256-bit `vpdpbusd` (AVX-VNNI) gives the `vpmaddubsw` form's
+/// bits: the same exact lane sums, then the same f32 steps. Run through the EVEX
+/// encoding where the CPU has AVX-512 VNNI/VL, and the VEX one where it has AVX-VNNI;
+/// every tail length (0-3 blocks past the last full group), 1-4 activation rows, one
+/// limb and two, a 0 and a 255 scale among plain ones.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_int_gemv_with_vnni_matches_the_word_form() {
+    let evex = is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl");
+    let vex = is_x86_feature_detected!("avxvnni");
+    if !is_x86_feature_detected!("avx2") || !(evex || vex) {
+        eprintln!("skipped: needs AVX2 and 256-bit VNNI");
+        return;
+    }
+    let mut rng = Rng(46);
+    for nb in [1, 2, 3, 4, 5, 6, 7, 90, 91] {
+        let n = nb * 32;
+        let (blocks, mut scales, _) = mxfp4_case(&mut rng, 4, n);
+        if nb >= 5 {
+            scales[1] = 0;
+            scales[2 * nb + nb - 1] = 255;
+        }
+        let b = [0, 1, 2, 3].map(|r| &blocks[r * nb * 16..(r + 1) * nb * 16]);
+        let s = [0, 1, 2, 3].map(|r| &scales[r * nb..(r + 1) * nb]);
+        let x: Vec<f32> =
+            (0..4 * n).map(|_| rng.uniform() * if rng.next_u64() % 5 == 0 { 30.0 } else { 1.0 }).collect();
+        for two in [false, true] {
+            let mut qx = quant::QuantX::default();
+            qx.quantize(Isa::Avx2, quant::QLayout::Grouped, two, &x, 4, n);
+            let rows = [qx.row(0), qx.row(1), qx.row(2), qx.row(3)];
+            macro_rules! check {
+                ($m:literal) => {{
+                    let xs: [&quant::QRow; $m] = std::array::from_fn(|i| &rows[i]);
+                    let (want, got_evex, got_vex) = unsafe {
+                        if two {
+                            (
+                                avx2::mxfp4_dot4_int8::<true, $m>(&xs, b, s),
+                                evex.then(|| avx2::mxfp4_dot4_int8_evex::<true, $m>(&xs, b, s)),
+                                vex.then(|| avx2::mxfp4_dot4_int8_avxvnni::<true, $m>(&xs, b, s)),
+                            )
+                        } else {
+                            (
+                                avx2::mxfp4_dot4_int8::<false, $m>(&xs, b, s),
+                                evex.then(|| avx2::mxfp4_dot4_int8_evex::<false, $m>(&xs, b, s)),
+                                vex.then(|| avx2::mxfp4_dot4_int8_avxvnni::<false, $m>(&xs, b, s)),
+                            )
+                        }
+                    };
+                    for got in [got_evex, got_vex].into_iter().flatten() {
+                        for i in 0..$m {
+                            assert_eq!(bits(&got[i]), bits(&want[i]), "nb={nb} two={two} m={} row {i}", $m);
+                        }
+                    }
+                }};
+            }
+            check!(1);
+            check!(2);
+            check!(3);
+            check!(4);
+        }
+    }
+    // The packed GEMM's `vpdpwssd` form against its `vpmaddwd` form, full and short groups.
+    let (nb, m) = (7, 29);
+    let n = nb * BLOCK;
+    let x: Vec<f32> = (0..m * n).map(|_| rng.uniform() * 3.0).collect();
+    let words: Vec<Vec<i16>> =
+        (0..QPANEL_ROWS).map(|_| rng.bytes(n).iter().map(|b| (b % 25) as i16 - 12).collect()).collect();
+    let scales: Vec<Vec<f32>> = (0..QPANEL_ROWS)
+        .map(|_| (0..nb).map(|_| crate::mxfp4::E8M0[110 + (rng.next_u64() % 30) as usize]).collect())
+        .collect();
+    let wr: [&[i16]; QPANEL_ROWS] = std::array::from_fn(|j| &words[j][..]);
+    let sr: [&[f32]; QPANEL_ROWS] = std::array::from_fn(|j| &scales[j][..]);
+    for two in [false, true] {
+        let mut qp = QPack::default();
+        qp.pack(Isa::Avx2, quant::QForm::Pairs, two, &x, m, n);
+        for g in 0..qp.groups {
+            let x = qp.group(g);
+            let len = QPANEL_ROWS * QPACK_TOKENS;
+            // Full groups (V = 2) and a short group's first 8 tokens (V = 1).
+            for v in [1, 2] {
+                let (mut want, mut got) = (vec![0f32; len], vec![0f32; len]);
+                let used = 8 * v;
+                unsafe {
+                    match v {
+                        1 => avx2::qgemm_panel_pairs::<1>(wr, sr, &x, nb, &mut want, QPACK_TOKENS),
+                        _ => avx2::qgemm_panel_pairs::<2>(wr, sr, &x, nb, &mut want, QPACK_TOKENS),
+                    }
+                }
+                let mut check = |name: &str, run: &dyn Fn(&mut [f32])| {
+                    run(&mut got);
+                    for j in 0..QPANEL_ROWS {
+                        let r = j * QPACK_TOKENS..j * QPACK_TOKENS + used;
+                        assert_eq!(bits(&got[r.clone()]), bits(&want[r]), "{name} two={two} group {g} v={v}");
+                    }
+                };
+                // SAFETY: each form's features are checked.
+                if evex {
+                    check("evex", &|c| unsafe {
+                        match v {
+                            1 => avx2::qgemm_panel_pairs_evex::<1>(wr, sr, &x, nb, c, QPACK_TOKENS),
+                            _ => avx2::qgemm_panel_pairs_evex::<2>(wr, sr, &x, nb, c, QPACK_TOKENS),
+                        }
+                    });
+                }
+                if vex {
+                    check("vex", &|c| unsafe {
+                        match v {
+                            1 => avx2::qgemm_panel_pairs_avxvnni::<1>(wr, sr, &x, nb, c, QPACK_TOKENS),
+                            _ => avx2::qgemm_panel_pairs_avxvnni::<2>(wr, sr, &x, nb, c, QPACK_TOKENS),
+                        }
+                    });
+                }
             }
         }
     }
