@@ -530,8 +530,12 @@ unsafe fn bytes_within(s: &[u8], lo: u8, hi: u8) -> bool {
 /// Groups outer, weight rows next, activation rows inner: each group of codes is
 /// decoded once for the M activation rows, and the activations stay in L1. The four
 /// interleaved weight streams defeat the hardware prefetcher, so each row prefetches the
-/// same group of the row four below it into L2: the driver gives each call one row from
-/// each quarter of its task, so that is four calls ahead in the same stream.
+/// same group of the row four below it: the driver gives each call one row from each
+/// quarter of its task, so that is four calls ahead in the same stream. Into L1 (T0):
+/// with 2-4 activation rows a line stays in use long enough that the GEMV bench from
+/// memory read 4-5% more with one thread than with T1 (stop 27: 2 rows 12.5-12.6
+/// against 11.7-12.1 GB/s, 3 rows 9.1-9.3 against 8.5-8.9, 4 rows 7.2-7.5 against
+/// 6.8-7.1; 8 rows ahead instead of 4 was slower).
 ///
 /// # Safety
 /// avx512f/bw/vl/vnni/vbmi; sizes as for `mxfp4_dot4`, every `xs[i]` quantized in
@@ -583,7 +587,7 @@ unsafe fn dot4_int8<const TWO: bool, const M: usize, const VBMI: bool>(
     let mut acc = [[_mm512_setzero_ps(); 4]; M];
     for g in 0..groups {
         for r in 0..4 {
-            _mm_prefetch::<_MM_HINT_T1>(blocks[r].as_ptr().add(g * 4 * BLOCK_BYTES).wrapping_add(ahead) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(blocks[r].as_ptr().add(g * 4 * BLOCK_BYTES).wrapping_add(ahead) as *const i8);
         }
         if fast {
             dot4_group::<TWO, M, true, VBMI>(xs, &blocks, &scales, Some(g), &mut acc);

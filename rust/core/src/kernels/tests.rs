@@ -765,8 +765,20 @@ fn kernel_speed() {
     let b88 = b.map(|r| &r[..88 * 16]);
     let s88 = s.map(|r| &r[..88]);
     let avx2_int16_88 = || unsafe { avx2::mxfp4_dot4_int8::<true, 1>(&[&qx.row(0)], b88, s88)[0] };
+    // Two activation rows over 64 different sets of four rows (1.5 MB: L2 and beyond).
+    let sets = 64;
+    let many4_b: Vec<u8> = (0..sets * 4).flat_map(|r| b[r % 4].iter().copied()).collect();
+    let many4_s: Vec<u8> = (0..sets * 4).flat_map(|r| s[r % 4].iter().copied()).collect();
+    let which4 = std::cell::Cell::new(0usize);
+    let int16_m2_l2 = || unsafe {
+        let i = which4.get();
+        which4.set((i + 1) % sets);
+        let bb: [&[u8]; 4] = std::array::from_fn(|k| &many4_b[(4 * i + k) * nb * 16..][..nb * 16]);
+        let ss: [&[u8]; 4] = std::array::from_fn(|k| &many4_s[(4 * i + k) * nb..][..nb]);
+        avx512::mxfp4_dot4_int8::<true, 2>(&[&qx3.row(0), &qx3.row(1)], bb, ss)[1]
+    };
     // (name, kernel, weight rows times activation rows per call)
-    let kernels: [(&str, &dyn Fn() -> [f32; 4], usize); 12] = [
+    let kernels: [(&str, &dyn Fn() -> [f32; 4], usize); 13] = [
         ("avx2 int16", &avx2_int16, 4),
         ("avx2 int8", &avx2_int8, 4),
         ("avx2 + 256-bit VNNI int16", &evex_int16, 4),
@@ -778,6 +790,7 @@ fn kernel_speed() {
         ("int16", &int16_kernel, 4),
         ("int16, row block", &int16_rows, rb),
         ("int16, 2 rows (per row)", &int16_m2, 8),
+        ("int16, 2 rows (per row) from L2", &int16_m2_l2, 8),
         ("int16, 3 rows (per row)", &int16_m3, 12),
     ];
     for (name, f, lines) in kernels {
