@@ -484,11 +484,12 @@ pub unsafe fn mxfp4_dot4_int8_avxvnni<const TWO: bool, const M: usize>(
     int_dot4::<TWO, M, { Dot::VEX }>(xs, blocks, scales)
 }
 
-/// `mxfp4_dot4_int8_avxvnni` through the EVEX encoding of the same instruction (AVX-512
-/// VNNI/VL CPUs, which take the AVX-512 kernels; here for the tests and the benches).
+/// `mxfp4_dot4_int8_avxvnni` through the EVEX encoding of the same instruction, so that
+/// the tests run its body on AVX-512 VNNI CPUs (which take the AVX-512 kernels).
 ///
 /// # Safety
 /// avx2/fma/avx512vnni/avx512vl; as `mxfp4_dot4_int8`.
+#[cfg(test)]
 #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
 pub unsafe fn mxfp4_dot4_int8_evex<const TWO: bool, const M: usize>(
     xs: &[&super::quant::QRow; M],
@@ -780,6 +781,7 @@ pub unsafe fn qgemm_panel_pairs_avxvnni<const V: usize>(
 ///
 /// # Safety
 /// avx2/fma/avx512vnni/avx512vl; as `qgemm_panel_pairs`.
+#[cfg(test)]
 #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
 pub unsafe fn qgemm_panel_pairs_evex<const V: usize>(
     words: [&[i16]; super::QPANEL_ROWS],
