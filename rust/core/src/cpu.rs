@@ -60,8 +60,8 @@ pub struct Features {
     pub avx2: bool,
     pub fma: bool,
     pub f16c: bool,
-    /// VEX-encoded 256-bit `vpdpbusd` (Intel from Alder Lake, AMD Zen 5), which the
-    /// AVX2 int GEMV takes where present.
+    /// AVX-VNNI: VEX-encoded 256-bit `vpdpbusd`/`vpdpwssd` (Intel from Alder Lake, AMD
+    /// Zen 5), which the AVX2 path's int GEMV and packed GEMM take where present.
     pub avxvnni: bool,
     pub avx512f: bool,
     pub avx512bw: bool,

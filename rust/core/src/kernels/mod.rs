@@ -845,9 +845,10 @@ fn qgemm_panel_pairs(
     c: &mut [f32],
 ) {
     match isa {
-        // SAFETY: the Pairs form is only packed on x86 paths (AVX-512 implies AVX2); the
-        // driver sized the rows (32 * nb words, nb scales), the groups (packed for nb
-        // blocks) and c (QPANEL_ROWS * groups * 16).
+        // SAFETY: the Pairs form is only packed on x86 paths (AVX-512 implies AVX2), and
+        // the AVX-VNNI form runs where the CPU has it; the driver sized the rows (32 * nb
+        // words, nb scales), the groups (packed for nb blocks) and c (QPANEL_ROWS *
+        // groups * 16).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Avx2 => {
             const T: usize = QPACK_TOKENS;
