@@ -56,9 +56,9 @@ def matmul(
     `blocks` is uint8 [out, n/32, 16] and `scales` uint8 [out, n/32]. A 1-D `x` [n]
     gives a 1-D result [out]. `precision="f32"` keeps f32 activations: the error is
     within ~1e-7 (tested: 1e-5) of sum|x||w|. `precision="int8"` quantizes each 32-value
-    block of x to int8 (d = amax/127) for m <= 4 (the GEMV path) and for larger m where
-    the CPU has integer dot products (AVX-512 VNNI, and the scalar path; AVX2 keeps f32
-    there): the error is at most sum over blocks of amax_b/254 * sum|w_b|, plus f32 rounding.
+    block of x to int8 (d = amax/127) for every m on x86 and the scalar path, and on
+    aarch64 for m <= 4 and, with dotprod, any m (without it larger m keep f32): the error
+    is at most sum over blocks of amax_b/254 * sum|w_b|, plus f32 rounding.
     `precision="int16"` adds a second int8 limb for the remainder (x = d (q + q2/256)):
     the same bound with amax_b/65024. Blocks with amax below 2^-100 quantize to zero (adding at most
     amax_b * sum|w_b| each).

@@ -1,14 +1,15 @@
 //! Matmuls over MXFP4 and bf16 weights: y[m, out] = x[m, n] @ W[out, n]^T (+ bias).
 //!
 //! One driver for every weight format and ISA, four shapes of work:
-//! - `m < GEMM_MIN_ROWS` (`m <= INT_GEMV_MAX_ROWS` with quantized activations): GEMV,
+//! - `m < GEMM_MIN_ROWS` (with quantized activations `m <= INT_GEMV_MAX_ROWS` for Q8,
+//!   `mxfp4_gemv_max_rows` for MXFP4, up to 4 activation rows per kernel call): GEMV,
 //!   weights streamed straight from memory, four rows at a time;
 //! - `m < PACKED_MIN_ROWS`: small GEMM, a chunk of weight rows decoded to f32 once (in a
 //!   thread-local buffer) and reused for every row of x with 4x4 dot-product tiles;
 //! - larger `m` (prefill): packed GEMM, x packed once per call into groups of tokens
 //!   ([k][token] order), decoded weight values broadcast against a group's tokens
 //!   (`gemm_panel`: 12 rows x 32 tokens of accumulators on AVX-512);
-//! - `m > INT_GEMV_MAX_ROWS`, MXFP4 at the int precisions on x86 (and the scalar path):
+//! - larger `m`, MXFP4 at the int precisions on x86, NEON with dotprod and the scalar path:
 //!   quantized packed GEMM, x quantized once per call into groups of 16 tokens
 //!   (`quant::QPack`), weight codes decoded once per task, exact integer sums per block:
 //!   u8 codes and `vpdpbusd` with AVX-512 VNNI (`qgemm_panel`: 4 rows x 32 tokens), i16
@@ -40,7 +41,7 @@ use quant::{QLayout, QPack, QRow, QuantX, QPACK_TOKENS};
 pub enum Precision {
     /// f32 activations: error ~1e-7 of sum|x||w| (tested: 1e-5).
     F32,
-    /// MXFP4 and Q8 GEMVs (m <= INT_GEMV_MAX_ROWS) and MXFP4 packed GEMMs (where the ISA
+    /// MXFP4 and Q8 GEMVs (`Path::QuantGemv`) and MXFP4 packed GEMMs (where the ISA
     /// has integer dot products, see `Path::QuantPacked`) with activations quantized per
     /// 32-block to int8 (see `quant`); everything else as `F32`.
     Int8,
@@ -86,9 +87,12 @@ use std::cell::RefCell;
 
 /// m from which the GEMM path is taken.
 pub const GEMM_MIN_ROWS: usize = 4;
-/// Largest m whose MXFP4/Q8 matmuls take the quantized-activation GEMV (each code group
-/// decoded once for all m rows: cheaper than decoding to f32 for a small GEMM).
+/// Activation rows of one quantized-GEMV kernel call (each code group decoded once for
+/// all of them), and the largest m whose Q8 matmuls take the GEMV (cheaper than
+/// decoding to f32 for a small GEMM); MXFP4 takes it up to `mxfp4_gemv_max_rows`.
 pub const INT_GEMV_MAX_ROWS: usize = 4;
+/// The largest m of any quantized GEMV (`mxfp4_gemv_max_rows`).
+pub const MAX_GEMV_ROWS: usize = 11;
 /// m from which the packed GEMM path is taken.
 pub const PACKED_MIN_ROWS: usize = 16;
 /// Weight rows per GEMM task (their decoded f32 copy, 48 x 2880 x 4 bytes, stays in L2).
@@ -97,6 +101,26 @@ const GEMM_MAX_TASK_ROWS: usize = 48;
 /// the f32 rounding growth to ~GEMM_K_CHUNK + n / GEMM_K_CHUNK terms).
 pub(crate) const GEMM_K_CHUNK: usize = 64;
 
+/// Largest m whose MXFP4 matmul at the int precisions takes the GEMV path, in chunks of
+/// at most `INT_GEMV_MAX_ROWS` activation rows against each tile of weight rows (the
+/// tile stays in L1 from chunk to chunk). A prefill's experts meet such m: 16 tokens
+/// route about 2 to each expert, 64 about 8. The packed GEMM computes a whole group of
+/// 16 tokens (AVX-512 VNNI) or 8 (AVX2) whatever m, so below these m the chunks cost
+/// less: gemv bench from memory (`--m M`, 2 threads, GB/s of weights), AVX-512 VNNI
+/// m = 5: 7.8-10.2 against 4.4; m = 8: 5.3-6.6 against 4.3; m = 11: 4.4-4.5 against
+/// 3.9-4.1; m = 12: 3.2-3.9 against 4.2. AVX2: m = 5-6: 4.6-5.1 against 3.3-3.8; m = 8:
+/// 2.7 against 2.6; m = 12: 2.2 against 2.7. NEON and the scalar path: not timed here,
+/// kept at `INT_GEMV_MAX_ROWS`.
+fn mxfp4_gemv_max_rows(isa: Isa) -> usize {
+    const _: () = assert!(8 <= MAX_GEMV_ROWS && INT_GEMV_MAX_ROWS <= MAX_GEMV_ROWS);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if vnni() => MAX_GEMV_ROWS,
+        Isa::Avx512 | Isa::Avx2 => 8,
+        _ => INT_GEMV_MAX_ROWS,
+    }
+}
+
 /// How one job's work is done: decided once per call, from the ISA, its weight format,
 /// the precision and m.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -104,15 +128,16 @@ enum Path {
     /// m < GEMM_MIN_ROWS with f32 activations: weights streamed, four rows at a time.
     #[default]
     Gemv,
-    /// m <= INT_GEMV_MAX_ROWS with quantized activations (MXFP4 at the int precisions;
-    /// Q8 always): each code group decoded once for the m rows.
+    /// Small m with quantized activations (MXFP4 at the int precisions up to
+    /// `mxfp4_gemv_max_rows`; Q8 up to INT_GEMV_MAX_ROWS): each code group decoded once
+    /// for up to INT_GEMV_MAX_ROWS of the m rows.
     QuantGemv,
     /// GEMM_MIN_ROWS <= m < PACKED_MIN_ROWS: decoded weight rows, 4x4 dot-product tiles.
     Tiles,
     /// m >= PACKED_MIN_ROWS: packed activations, broadcast weights (`gemm_panel`).
     Packed,
-    /// m > INT_GEMV_MAX_ROWS, MXFP4 at the int precisions on x86, NEON with dotprod and
-    /// the scalar path:
+    /// m past `mxfp4_gemv_max_rows`, MXFP4 at the int precisions on x86, NEON with
+    /// dotprod and the scalar path:
     /// quantized activations in token groups, exact integer sums per block
     /// (`qgemm_panel`, `qgemm_panel_pairs`). From 5 tokens on it beats the f32 small
     /// GEMM despite padding a group to 16 (AVX-512 VNNI, pp96: +20%).
@@ -138,7 +163,11 @@ impl Path {
             Isa::Neon => false,
             Isa::Scalar => true,
         };
-        if quantized && m <= INT_GEMV_MAX_ROWS {
+        let gemv_rows = match w {
+            Weight::Mxfp4 { .. } => mxfp4_gemv_max_rows(isa),
+            _ => INT_GEMV_MAX_ROWS,
+        };
+        if quantized && m <= gemv_rows {
             Path::QuantGemv
         } else if quantized && int_gemm && matches!(w, Weight::Mxfp4 { .. }) {
             Path::QuantPacked
@@ -375,7 +404,7 @@ fn decode_row(isa: Isa, w: &Weight, r: usize, out: &mut [f32]) {
 }
 
 /// "int8"/"int16" precisions: four dot products of each of M quantized activation rows
-/// (M <= INT_GEMV_MAX_ROWS: the GEMV path) with MXFP4 or Q8 rows.
+/// (M <= INT_GEMV_MAX_ROWS: one chunk of the GEMV path) with MXFP4 or Q8 rows.
 #[inline]
 fn dot4_int8<const TWO: bool, const M: usize>(isa: Isa, xs: &[&QRow; M], w: &Weight, r: [usize; 4]) -> [[f32; 4]; M] {
     if let Weight::Q8 { .. } = w {
@@ -983,7 +1012,12 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
     if matches!(p.path, Path::Gemv | Path::QuantGemv) {
         // Weight rows outer: with m > 1 the four rows are still in L1 for the next x row.
         // The activation rows' views, once per task (not per four weight rows).
-        let qrows = p.q.map(|q| [0, 1, 2, 3].map(|i| q.row(i.min(m - 1))));
+        let mut qrows: [Option<QRow>; MAX_GEMV_ROWS] = Default::default();
+        if let Some(q) = p.q {
+            for (i, r) in qrows.iter_mut().enumerate().take(m) {
+                *r = Some(q.row(i));
+            }
+        }
         // Which rows a tile takes: four consecutive ones, or, for the AVX-512 integer
         // MXFP4 kernel (it interleaves its four rows), one from each quarter of the task,
         // so that each of its four row streams runs on through consecutive rows.
@@ -1002,20 +1036,29 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
                     }
                 }
             };
-            match &qrows {
-                Some([q0, q1, q2, q3]) => {
-                    let d: &[[f32; 4]] = match (m, p.two) {
-                        (1, true) => &dot4_int8::<true, 1>(isa, &[q0], w, rr),
-                        (1, false) => &dot4_int8::<false, 1>(isa, &[q0], w, rr),
-                        (2, true) => &dot4_int8::<true, 2>(isa, &[q0, q1], w, rr),
-                        (2, false) => &dot4_int8::<false, 2>(isa, &[q0, q1], w, rr),
-                        (3, true) => &dot4_int8::<true, 3>(isa, &[q0, q1, q2], w, rr),
-                        (3, false) => &dot4_int8::<false, 3>(isa, &[q0, q1, q2], w, rr),
-                        (_, true) => &dot4_int8::<true, 4>(isa, &[q0, q1, q2, q3], w, rr),
-                        (_, false) => &dot4_int8::<false, 4>(isa, &[q0, q1, q2, q3], w, rr),
-                    };
-                    for (i, &di) in d.iter().enumerate() {
-                        emit(i, di);
+            match p.q {
+                Some(_) => {
+                    // Chunks of at most INT_GEMV_MAX_ROWS activation rows, as even as they
+                    // come; the tile's weight rows stay in L1 from one chunk to the next.
+                    let chunks = m.div_ceil(INT_GEMV_MAX_ROWS);
+                    let mut i0 = 0;
+                    for c in 0..chunks {
+                        let k = m / chunks + usize::from(c < m % chunks);
+                        let x = |i: usize| qrows[i0 + i].as_ref().expect("quantized row");
+                        let d: &[[f32; 4]] = match (k, p.two) {
+                            (1, true) => &dot4_int8::<true, 1>(isa, &[x(0)], w, rr),
+                            (1, false) => &dot4_int8::<false, 1>(isa, &[x(0)], w, rr),
+                            (2, true) => &dot4_int8::<true, 2>(isa, &[x(0), x(1)], w, rr),
+                            (2, false) => &dot4_int8::<false, 2>(isa, &[x(0), x(1)], w, rr),
+                            (3, true) => &dot4_int8::<true, 3>(isa, &[x(0), x(1), x(2)], w, rr),
+                            (3, false) => &dot4_int8::<false, 3>(isa, &[x(0), x(1), x(2)], w, rr),
+                            (_, true) => &dot4_int8::<true, 4>(isa, &[x(0), x(1), x(2), x(3)], w, rr),
+                            (_, false) => &dot4_int8::<false, 4>(isa, &[x(0), x(1), x(2), x(3)], w, rr),
+                        };
+                        for (i, &di) in d.iter().enumerate() {
+                            emit(i0 + i, di);
+                        }
+                        i0 += k;
                     }
                 }
                 None => {

@@ -380,7 +380,9 @@ fn mxfp4_int_gemv_special_scales() {
     mxfp4::dequantize(&blocks, &scales, &mut wf);
     let w = Weight::mxfp4(&blocks, &scales, rows, n);
     for (precision, per) in [(Precision::Int8, 254.0), (Precision::Int16, 65024.0)] {
-        for m in (1..=INT_GEMV_MAX_ROWS).chain([20]) {
+        // 1-4: one GEMV call per tile; 5-11: chunks (GEMV on AVX-512 VNNI up to 11, on
+        // AVX2 up to 8, the packed GEMM past them); 12 and 20: the packed GEMM.
+        for m in (1..=MAX_GEMV_ROWS + 1).chain([20]) {
             let x: Vec<f32> = (0..m * n).map(|_| rng.uniform()).collect();
             let (want, mag) = reference(&x, m, &wf, rows, n, None);
             for isa in Isa::available() {
