@@ -2,6 +2,7 @@
 """gptoss-native against llama.cpp on the same random-weight gpt-oss-20b, on this machine.
 
     python bench/compare_llamacpp.py [--workdir DIR] [--threads 2] [--reps 3] [--q8] [--depth4096] [--avx2]
+        [--short-prompts]
 
 Steps (each skipped when its output already exists in --workdir):
   1. build llama.cpp's CPU tools (llama-bench) from the llama-cpp-python 0.3.36 sdist on PyPI
@@ -13,7 +14,8 @@ Steps (each skipped when its output already exists in --workdir):
      (attention/embedding/output stay bf16, experts stay MXFP4), "B" (--q8) is --outtype q8_0,
      compared with our opt-in `--precision q8` (attention and lm_head in int8);
   4. run llama-bench and `gptoss-native bench` alternately, reading each model file into the
-     page cache before each timed run, and print every figure and the ratio ours / llama.cpp.
+     page cache before each timed run, and print every figure and the ratio ours / llama.cpp
+     (--short-prompts adds prefill of 16-128 tokens, the size of a chat turn).
 
 With --avx2 both engines run their AVX2 kernels, as on a CPU without AVX-512: llama.cpp
 built a second time with GGML_NATIVE=OFF, AVX2/FMA/F16C/BMI2 on and AVX-512 off (in
@@ -109,11 +111,21 @@ def warm(path: Path) -> None:
                 pass
 
 
-def run_llama(src: Path, build: str, gguf: Path, threads: int, depth: int | None) -> dict:
+# What one alternating run measures: None (pp512, tg128, and ours at depth 1024), a
+# depth (tg32 there), or "short" (prefill of short prompts, the size of a chat turn).
+SHORT_PROMPTS = [16, 32, 64, 128]
+
+
+def run_llama(src: Path, build: str, gguf: Path, threads: int, depth: int | str | None) -> dict:
     bench = src / build / "bin" / "llama-bench"
-    # One repetition per call: the repetitions come from the alternating outer loop.
-    cmd = [bench, "-m", gguf, "-t", str(threads), "-r", "1", "-o", "json"]
-    cmd += ["-p", "0", "-n", "32", "-d", str(depth)] if depth else ["-p", "512", "-n", "128"]
+    # One repetition per call: the repetitions come from the alternating outer loop. A
+    # short prompt's prefill lasts under a second: 3 of them, as ours times a few.
+    reps = "3" if depth == "short" else "1"
+    cmd = [bench, "-m", gguf, "-t", str(threads), "-r", reps, "-o", "json"]
+    if depth == "short":
+        cmd += ["-p", ",".join(map(str, SHORT_PROMPTS)), "-n", "0"]
+    else:
+        cmd += ["-p", "0", "-n", "32", "-d", str(depth)] if depth else ["-p", "512", "-n", "128"]
     r = sh(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
     rows = json.loads(r.stdout)
     out = {}
@@ -127,11 +139,15 @@ def run_llama(src: Path, build: str, gguf: Path, threads: int, depth: int | None
     return out
 
 
-def run_ours(model: Path, threads: int, depth: int | None, precision: str, avx2: bool) -> dict:
+def run_ours(model: Path, threads: int, depth: int | str | None, precision: str, avx2: bool) -> dict:
     cmd = [sys.executable, "-m", "gptoss_native", "bench", model, "--threads", str(threads), "--json",
            "--precision", precision]
-    cmd += ["--prompt-tokens", "0", "--new-tokens", "0", "--depth", str(depth), "--depth-tokens", "32"] if depth else \
-        ["--prompt-tokens", "512", "--new-tokens", "128", "--depth", "1024", "--depth-tokens", "32"]
+    if depth == "short":
+        cmd += ["--prompt-tokens", ",".join(map(str, SHORT_PROMPTS)), "--new-tokens", "0", "--depth", "0"]
+    elif depth:
+        cmd += ["--prompt-tokens", "0", "--new-tokens", "0", "--depth", str(depth), "--depth-tokens", "32"]
+    else:
+        cmd += ["--prompt-tokens", "512", "--new-tokens", "128", "--depth", "1024", "--depth-tokens", "32"]
     env = {**os.environ, "GPTOSS_NATIVE_KERNELS": "avx2"} if avx2 else None
     r = sh(cmd, capture_output=True, text=True, env=env)
     res = json.loads(r.stdout)
@@ -150,6 +166,8 @@ def main() -> int:
     ap.add_argument("--q8", action="store_true", help="compare with conversion B (--outtype q8_0) instead of A")
     ap.add_argument("--depth4096", action="store_true", help="also tg32 at depth 4096 (minutes per run)")
     ap.add_argument("--avx2", action="store_true", help="both engines on their AVX2 kernels (a CPU without AVX-512)")
+    ap.add_argument("--short-prompts", action="store_true",
+                    help=f"also prefill of short prompts ({', '.join(map(str, SHORT_PROMPTS))} tokens: a chat turn)")
     args = ap.parse_args()
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -159,7 +177,7 @@ def main() -> int:
     model = synth_model(work)
     gguf = convert(work, src, model, args.q8)
 
-    depths = [None] + ([4096] if args.depth4096 else [])
+    depths: list[int | str | None] = [None] + ([4096] if args.depth4096 else []) + (["short"] if args.short_prompts else [])
     ours: dict[str, list[float]] = {}
     theirs: dict[str, list[float]] = {}
     for rep in range(args.reps):

@@ -87,3 +87,18 @@ def test_bench_json_every_precision():
             q8_ref = res
     r = run("bench", str(FIXTURES / "tiny-a"), "--precision", "fp8")
     assert r.returncode != 0 and "precision" in r.stderr
+
+
+def test_bench_several_prompt_lengths():
+    import json
+
+    from .conftest import FIXTURES
+
+    r = run("bench", str(FIXTURES / "tiny-a"), "--prompt-tokens", "3,8,20", "--new-tokens", "0", "--depth", "0",
+            "--no-bandwidth", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert all(res[f"pp{n}_tok_s"] > 0 for n in (3, 8, 20))
+    assert not any(k.startswith("tg") and k.endswith("_tok_s") for k in res)
+    r = run("bench", str(FIXTURES / "tiny-a"), "--prompt-tokens", "16,x")
+    assert r.returncode != 0 and "--prompt-tokens" in r.stderr and "'16,x'" in r.stderr

@@ -316,6 +316,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected lengths >= 0, got {text!r}")
+    return values
+
+
 def _precision_arg(p: argparse.ArgumentParser) -> None:
     from .model import PRECISIONS
 
@@ -366,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="prefill / decode tok/s, load time, memory")
     b.add_argument("model")
-    b.add_argument("--prompt-tokens", type=int, default=512, help="prefill length (pp)")
+    b.add_argument("--prompt-tokens", type=_int_list, default=[512],
+                   help="prefill length (pp), or several separated by commas (16,64,512)")
     b.add_argument("--new-tokens", type=int, default=128, help="decode length from an empty context (tg)")
     b.add_argument("--depth", type=int, default=1024, help="context depth for the second decode run (0: skip)")
     b.add_argument("--depth-tokens", type=int, default=32, help="tokens decoded at that depth")
