@@ -1012,12 +1012,7 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
     if matches!(p.path, Path::Gemv | Path::QuantGemv) {
         // Weight rows outer: with m > 1 the four rows are still in L1 for the next x row.
         // The activation rows' views, once per task (not per four weight rows).
-        let mut qrows: [Option<QRow>; MAX_GEMV_ROWS] = Default::default();
-        if let Some(q) = p.q {
-            for (i, r) in qrows.iter_mut().enumerate().take(m) {
-                *r = Some(q.row(i));
-            }
-        }
+        let qrows = p.q.map(|q| std::array::from_fn::<_, MAX_GEMV_ROWS, _>(|i| q.row(i.min(m - 1))));
         // Which rows a tile takes: four consecutive ones, or, for the AVX-512 integer
         // MXFP4 kernel (it interleaves its four rows), one from each quarter of the task,
         // so that each of its four row streams runs on through consecutive rows.
@@ -1036,15 +1031,15 @@ fn run_task(isa: Isa, job: &Job, p: &Prepared, optr: OutPtr, r0: usize, r1: usiz
                     }
                 }
             };
-            match p.q {
-                Some(_) => {
+            match &qrows {
+                Some(q) => {
                     // Chunks of at most INT_GEMV_MAX_ROWS activation rows, as even as they
                     // come; the tile's weight rows stay in L1 from one chunk to the next.
                     let chunks = m.div_ceil(INT_GEMV_MAX_ROWS);
                     let mut i0 = 0;
                     for c in 0..chunks {
                         let k = m / chunks + usize::from(c < m % chunks);
-                        let x = |i: usize| qrows[i0 + i].as_ref().expect("quantized row");
+                        let x = |i: usize| &q[i0 + i];
                         let d: &[[f32; 4]] = match (k, p.two) {
                             (1, true) => &dot4_int8::<true, 1>(isa, &[x(0)], w, rr),
                             (1, false) => &dot4_int8::<false, 1>(isa, &[x(0)], w, rr),
