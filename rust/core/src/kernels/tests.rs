@@ -779,23 +779,29 @@ fn kernel_speed() {
         let ss: [&[u8]; 4] = std::array::from_fn(|k| &many4_s[(4 * i + k) * nb..][..nb]);
         avx512::mxfp4_dot4_int8::<true, 2>(&[&qx3.row(0), &qx3.row(1)], bb, ss)[1]
     };
-    // (name, kernel, weight rows times activation rows per call)
-    let kernels: [(&str, &dyn Fn() -> [f32; 4], usize); 13] = [
-        ("avx2 int16", &avx2_int16, 4),
-        ("avx2 int8", &avx2_int8, 4),
-        ("avx2 + 256-bit VNNI int16", &evex_int16, 4),
-        ("avx2 + 256-bit VNNI int8", &evex_int8, 4),
-        ("avx2 int16 88 blocks (x 88/90)", &avx2_int16_88, 4),
-        ("int16, row block from L2", &int16_rows_l2, rb),
-        ("f32  ", &f32_kernel, 4),
-        ("int8 ", &int8_kernel, 4),
-        ("int16", &int16_kernel, 4),
-        ("int16, row block", &int16_rows, rb),
-        ("int16, 2 rows (per row)", &int16_m2, 8),
-        ("int16, 2 rows (per row) from L2", &int16_m2_l2, 8),
-        ("int16, 3 rows (per row)", &int16_m3, 12),
+    // (name, kernel, weight rows times activation rows per call, needs AVX-512 VNNI/VBMI)
+    let kernels: [(&str, &dyn Fn() -> [f32; 4], usize, bool); 13] = [
+        ("avx2 int16", &avx2_int16, 4, false),
+        ("avx2 int8", &avx2_int8, 4, false),
+        ("avx2 + 256-bit VNNI int16", &evex_int16, 4, true),
+        ("avx2 + 256-bit VNNI int8", &evex_int8, 4, true),
+        ("avx2 int16 88 blocks (x 88/90)", &avx2_int16_88, 4, false),
+        ("int16, row block from L2", &int16_rows_l2, rb, true),
+        ("f32  ", &f32_kernel, 4, true),
+        ("int8 ", &int8_kernel, 4, true),
+        ("int16", &int16_kernel, 4, true),
+        ("int16, row block", &int16_rows, rb, true),
+        ("int16, 2 rows (per row)", &int16_m2, 8, true),
+        ("int16, 2 rows (per row) from L2", &int16_m2_l2, 8, true),
+        ("int16, 3 rows (per row)", &int16_m3, 12, true),
     ];
-    for (name, f, lines) in kernels {
+    let feat = crate::cpu::features();
+    let avx512 = feat.avx512f && feat.avx512bw && feat.avx512vl && feat.avx512vnni && feat.avx512vbmi;
+    for (name, f, lines, needs_avx512) in kernels {
+        if needs_avx512 && !avx512 {
+            println!("{name}: skipped (no AVX-512 VNNI/VBMI on this CPU)");
+            continue;
+        }
         let t0 = std::time::Instant::now();
         let mut acc = 0f32;
         for _ in 0..iters {
