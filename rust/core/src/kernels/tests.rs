@@ -795,8 +795,7 @@ fn kernel_speed() {
         ("int16, 2 rows (per row) from L2", &int16_m2_l2, 8, true),
         ("int16, 3 rows (per row)", &int16_m3, 12, true),
     ];
-    let feat = crate::cpu::features();
-    let avx512 = feat.avx512f && feat.avx512bw && feat.avx512vl && feat.avx512vnni && feat.avx512vbmi;
+    let avx512 = Isa::Avx512.supported() && vnni() && vbmi();
     for (name, f, lines, needs_avx512) in kernels {
         if needs_avx512 && !avx512 {
             println!("{name}: skipped (no AVX-512 VNNI/VBMI on this CPU)");
