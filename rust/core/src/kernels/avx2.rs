@@ -332,99 +332,70 @@ impl Dot {
     const EVEX: u8 = 2;
 }
 
-/// One half line's activations (two blocks): per limb the evens and odds (`vpmaddubsw`
-/// operands against the low and high nibbles' codes) and each dword lane's correction
-/// (-12 times the sum of its values, over 256 q + q2 with two limbs).
+/// One half line's activations (two blocks), one limb: the evens and odds
+/// (`vpmaddubsw` operands against the low and high nibbles' codes) and each dword
+/// lane's correction (-12 times the sum of its values).
 #[derive(Clone, Copy)]
 struct HalfX {
     xe: __m256i,
     xo: __m256i,
-    xe2: __m256i,
-    xo2: __m256i,
     corr: __m256i,
 }
 
 impl HalfX {
-    /// Half line k of full group g (`Grouped` order). Without `TWO` the second limb
-    /// repeats the first (unread).
+    /// Half line k of full group g (`Grouped` order).
     #[inline(always)]
-    unsafe fn load<const TWO: bool>(x: &super::quant::QRow, g: usize, k: usize) -> HalfX {
-        let (h, l) = (g * 128 + 32 * k, g * 16 + 8 * k);
-        let at = |q: &[i8], o: usize| _mm256_loadu_si256(q.as_ptr().add(h + o) as *const __m256i);
-        let lanes = |c: &[i32]| _mm256_loadu_si256(c.as_ptr().add(l) as *const __m256i);
-        let (xe, xo) = (at(x.q, 0), at(x.q, 64));
-        if TWO {
-            HalfX { xe, xo, xe2: at(x.q2, 0), xo2: at(x.q2, 64), corr: lanes(x.lane_neg_corr_joint) }
-        } else {
-            HalfX { xe, xo, xe2: xe, xo2: xo, corr: lanes(x.lane_neg_corr) }
-        }
+    unsafe fn load(x: &super::quant::QRow, g: usize, k: usize) -> HalfX {
+        let h = g * 128 + 32 * k;
+        let at = |o: usize| _mm256_loadu_si256(x.q.as_ptr().add(h + o) as *const __m256i);
+        let corr = _mm256_loadu_si256(x.lane_neg_corr.as_ptr().add(g * 16 + 8 * k) as *const __m256i);
+        HalfX { xe: at(0), xo: at(64), corr }
     }
 
     /// Blocks b and b + 1 (if `pair`, else zeros in its place) past a row's last full
     /// group, which the `Grouped` order keeps as 16 evens then 16 odds each; the missing
     /// block's products and corrections are zero, whatever codes meet them. Also each
-    /// lane's multiplier (d/2, over 256 with two limbs; zero for the missing block).
+    /// lane's multiplier (d/2; zero for the missing block).
     #[inline(always)]
-    unsafe fn tail<const TWO: bool>(x: &super::quant::QRow, b: usize, pair: bool) -> (HalfX, __m256) {
-        use super::quant::LIMB2;
-        let half = |q: &[i8], o: usize| {
-            let lo = _mm_loadu_si128(q.as_ptr().add(b * BLOCK + o) as *const __m128i);
+    unsafe fn tail(x: &super::quant::QRow, b: usize, pair: bool) -> (HalfX, __m256) {
+        let half = |o: usize| {
+            let lo = _mm_loadu_si128(x.q.as_ptr().add(b * BLOCK + o) as *const __m128i);
             let hi = if pair {
-                _mm_loadu_si128(q.as_ptr().add((b + 1) * BLOCK + o) as *const __m128i)
+                _mm_loadu_si128(x.q.as_ptr().add((b + 1) * BLOCK + o) as *const __m128i)
             } else {
                 _mm_setzero_si128()
             };
             _mm256_set_m128i(hi, lo)
         };
-        let (xe, xo) = (half(x.q, 0), half(x.q, 16));
-        let (xe2, xo2) = if TWO { (half(x.q2, 0), half(x.q2, 16)) } else { (xe, xo) };
-        let zero = HalfX { xe, xo, xe2, xo2, corr: _mm256_setzero_si256() };
+        let zero = HalfX { xe: half(0), xo: half(16), corr: _mm256_setzero_si256() };
         // The lanes' sums against weights of 12: the corrections, negated.
         let twelve = _mm256_set1_epi8(12);
-        let corr = _mm256_sub_epi32(_mm256_setzero_si256(), zero.lanes::<TWO, { Dot::WORDS }>(twelve, twelve));
-        let mult = |b: usize| _mm_set1_ps(if TWO { x.half_d[b] * LIMB2 } else { x.half_d[b] });
+        let corr = _mm256_sub_epi32(_mm256_setzero_si256(), zero.lanes::<{ Dot::WORDS }>(twelve, twelve));
+        let mult = |b: usize| _mm_set1_ps(x.half_d[b]);
         let mult = _mm256_set_m128(if pair { mult(b + 1) } else { _mm_setzero_ps() }, mult(b));
         (HalfX { corr, ..zero }, mult)
     }
 
     /// Codes made u8 2*E2M1+12 (low nibbles `wl`, high `wh`) against these activations:
     /// each dword lane's exact integer sum over its 8 values (pairs of words at most
-    /// 2*24*127 each; with two limbs the first limb's words weigh 256, joining the limbs:
-    /// at most 8*12*32640 in magnitude, exact in f32 too), corrected. With `DOT` (not
-    /// `Dot::Words`) each limb's lanes are two 256-bit `vpdpbusd`s instead of two
-    /// `vpmaddubsw`, a `vpaddw` and a `vpmaddwd`, and the limbs join with a shift and an
-    /// add: 7 operations for two limbs where the words take 11. The same integers.
+    /// 2*24*127 each), corrected. With `DOT` (not `Dot::Words`) the lanes are two
+    /// 256-bit `vpdpbusd`s instead of two `vpmaddubsw`, a `vpaddw` and a `vpmaddwd`: the
+    /// same integers.
     #[inline(always)]
-    unsafe fn lanes<const TWO: bool, const DOT: u8>(&self, wl: __m256i, wh: __m256i) -> __m256i {
-        if DOT != Dot::WORDS {
-            let dp = |acc: __m256i, w: __m256i, x: __m256i| {
-                if DOT == Dot::EVEX {
-                    _mm256_dpbusd_epi32(acc, w, x)
-                } else {
-                    _mm256_dpbusd_avx_epi32(acc, w, x)
-                }
-            };
-            let z = _mm256_setzero_si256();
-            let s1 = dp(dp(z, wl, self.xe), wh, self.xo);
-            let sum = if TWO {
-                let s2 = dp(dp(z, wl, self.xe2), wh, self.xo2);
-                _mm256_add_epi32(_mm256_slli_epi32::<{ super::quant::LIMB2_SHIFT as i32 }>(s1), s2)
-            } else {
-                s1
-            };
-            return _mm256_add_epi32(sum, self.corr);
-        }
-        let words =
-            |xe: __m256i, xo: __m256i| _mm256_add_epi16(_mm256_maddubs_epi16(wl, xe), _mm256_maddubs_epi16(wh, xo));
-        let sum = if TWO {
-            _mm256_add_epi32(
-                _mm256_madd_epi16(words(self.xe, self.xo), _mm256_set1_epi16(super::quant::LIMB2_JOIN as i16)),
-                _mm256_madd_epi16(words(self.xe2, self.xo2), _mm256_set1_epi16(1)),
-            )
-        } else {
-            _mm256_madd_epi16(words(self.xe, self.xo), _mm256_set1_epi16(1))
+    unsafe fn lanes<const DOT: u8>(&self, wl: __m256i, wh: __m256i) -> __m256i {
+        let sum = match DOT {
+            Dot::WORDS => _mm256_madd_epi16(
+                _mm256_add_epi16(_mm256_maddubs_epi16(wl, self.xe), _mm256_maddubs_epi16(wh, self.xo)),
+                _mm256_set1_epi16(1),
+            ),
+            Dot::EVEX => _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(self.corr, wl, self.xe), wh, self.xo),
+            _ => _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(self.corr, wl, self.xe), wh, self.xo),
         };
-        _mm256_add_epi32(sum, self.corr)
+        if DOT == Dot::WORDS {
+            _mm256_add_epi32(sum, self.corr)
+        } else {
+            sum
+        }
     }
 }
 
@@ -438,18 +409,16 @@ unsafe fn int_codes(v: __m256i) -> (__m256i, __m256i) {
     (wl, _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib)))
 }
 
-/// "int8" precision with AVX2: four MXFP4 rows against M = 1-4 quantized activation
-/// rows (`Grouped` order, as the AVX-512 kernels read it), one weight row after
-/// another (a single stream, prefetched `INT_PREFETCH` ahead). Per half line (two
-/// blocks, 32 code bytes) the low and high nibbles become u8 2*E2M1+12 (`vpshufb`),
-/// once for the M activation rows, each summed as if alone; `vpmaddubsw` multiplies them
-/// with the two blocks' evens and odds (at most 2*24*127 per word, and twice that
-/// after adding evens' and odds' words: no i16 saturation) and `vpmaddwd` sums the
-/// words into 8 dword lanes, four per block, each the exact integer sum of the AVX-512
-/// kernels' lane, from the same -12*sum(q) lane correction (`HalfX::lanes`). With `TWO`
-/// ("int16" precision) the limbs are joined in integers: `vpmaddwd` weighs the first
-/// limb's words 256 and the second's 1, so a lane is the exact sum over 256 q + q2,
-/// converted once.
+/// "int8" precision with AVX2: four MXFP4 rows against M = 1-4 activation rows
+/// quantized to one int8 limb (`Grouped` order, as the AVX-512 kernels read it), one
+/// weight row after another (a single stream, prefetched `INT_PREFETCH` ahead). Per
+/// half line (two blocks, 32 code bytes) the low and high nibbles become u8
+/// 2*E2M1+12 (`vpshufb`), once for the M activation rows, each summed as if alone;
+/// `vpmaddubsw` multiplies them with the two blocks' evens and odds (at most 2*24*127
+/// per word, and twice that after adding evens' and odds' words: no i16 saturation)
+/// and `vpmaddwd` sums the words into 8 dword lanes, four per block, each the exact
+/// integer sum of the AVX-512 kernels' lane, from the same -12*sum(q) lane correction
+/// (`HalfX::lanes`). ("int16", two limbs, takes `mxfp4_dot4_words`.)
 ///
 /// Each lane is then scaled by its d/2 and block scale into a vector accumulator (no
 /// horizontal sum per block). The blocks past the last full group are one or two more
@@ -460,15 +429,14 @@ unsafe fn int_codes(v: __m256i) -> (__m256i, __m256i) {
 /// the multiply did.)
 ///
 /// # Safety
-/// avx2/fma; sizes as for `mxfp4_dot4`, `x` quantized in `Grouped` order (with `TWO`,
-/// two limbs and their joint lanes).
+/// avx2/fma; sizes as for `mxfp4_dot4`, `x` quantized in `Grouped` order, one limb.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
+pub unsafe fn mxfp4_dot4_int8<const M: usize>(
     xs: &[&super::quant::QRow; M],
     blocks: [&[u8]; 4],
     scales: [&[u8]; 4],
 ) -> [[f32; 4]; M] {
-    int_dot4::<TWO, M, { Dot::WORDS }>(xs, blocks, scales)
+    int_dot4::<M, { Dot::WORDS }>(xs, blocks, scales)
 }
 
 /// `mxfp4_dot4_int8` with 256-bit `vpdpbusd` (AVX-VNNI): the same bits.
@@ -476,12 +444,12 @@ pub unsafe fn mxfp4_dot4_int8<const TWO: bool, const M: usize>(
 /// # Safety
 /// avx2/fma/avxvnni; as `mxfp4_dot4_int8`.
 #[target_feature(enable = "avx2,fma,avxvnni")]
-pub unsafe fn mxfp4_dot4_int8_avxvnni<const TWO: bool, const M: usize>(
+pub unsafe fn mxfp4_dot4_int8_avxvnni<const M: usize>(
     xs: &[&super::quant::QRow; M],
     blocks: [&[u8]; 4],
     scales: [&[u8]; 4],
 ) -> [[f32; 4]; M] {
-    int_dot4::<TWO, M, { Dot::VEX }>(xs, blocks, scales)
+    int_dot4::<M, { Dot::VEX }>(xs, blocks, scales)
 }
 
 /// `mxfp4_dot4_int8_avxvnni` through the EVEX encoding of the same instruction, so that
@@ -491,16 +459,16 @@ pub unsafe fn mxfp4_dot4_int8_avxvnni<const TWO: bool, const M: usize>(
 /// avx2/fma/avx512vnni/avx512vl; as `mxfp4_dot4_int8`.
 #[cfg(test)]
 #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-pub unsafe fn mxfp4_dot4_int8_evex<const TWO: bool, const M: usize>(
+pub unsafe fn mxfp4_dot4_int8_evex<const M: usize>(
     xs: &[&super::quant::QRow; M],
     blocks: [&[u8]; 4],
     scales: [&[u8]; 4],
 ) -> [[f32; 4]; M] {
-    int_dot4::<TWO, M, { Dot::EVEX }>(xs, blocks, scales)
+    int_dot4::<M, { Dot::EVEX }>(xs, blocks, scales)
 }
 
 #[inline(always)]
-unsafe fn int_dot4<const TWO: bool, const M: usize, const DOT: u8>(
+unsafe fn int_dot4<const M: usize, const DOT: u8>(
     xs: &[&super::quant::QRow; M],
     blocks: [&[u8]; 4],
     scales: [&[u8]; 4],
@@ -509,7 +477,6 @@ unsafe fn int_dot4<const TWO: bool, const M: usize, const DOT: u8>(
     let groups = nb / 4;
     for x in xs {
         debug_assert!(x.q.len() >= nb * BLOCK && x.lane_half_d.len() >= groups * 16);
-        debug_assert!(!TWO || (x.q2.len() >= nb * BLOCK && x.lane_neg_corr_joint.len() >= groups * 16));
     }
     for r in 0..4 {
         debug_assert!(blocks[r].len() >= nb * BLOCK_BYTES && scales[r].len() >= nb);
@@ -518,11 +485,11 @@ unsafe fn int_dot4<const TWO: bool, const M: usize, const DOT: u8>(
     let first = groups * 4;
     let tails = (nb - first).div_ceil(2);
     let z = _mm256_setzero_si256();
-    let mut tail = [[(HalfX { xe: z, xo: z, xe2: z, xo2: z, corr: z }, _mm256_setzero_ps()); 2]; M];
+    let mut tail = [[(HalfX { xe: z, xo: z, corr: z }, _mm256_setzero_ps()); 2]; M];
     for (x, tail) in xs.iter().zip(tail.iter_mut()) {
         for (j, t) in tail.iter_mut().enumerate().take(tails) {
             let b = first + 2 * j;
-            *t = HalfX::tail::<TWO>(x, b, b + 1 < nb);
+            *t = HalfX::tail(x, b, b + 1 < nb);
         }
     }
     let mut out = [[0f32; 4]; M];
@@ -538,9 +505,8 @@ unsafe fn int_dot4<const TWO: bool, const M: usize, const DOT: u8>(
                 let (wl, wh) = int_codes(_mm256_loadu_si256(row.add(g * 4 * BLOCK_BYTES + 32 * k) as *const __m256i));
                 let l = g * 16 + 8 * k;
                 for (x, acc) in xs.iter().zip(acc.iter_mut()) {
-                    let f = _mm256_cvtepi32_ps(HalfX::load::<TWO>(x, g, k).lanes::<TWO, DOT>(wl, wh));
-                    let mult = if TWO { x.lane_half_d_joint } else { x.lane_half_d };
-                    *acc = _mm256_fmadd_ps(_mm256_mul_ps(f, _mm256_loadu_ps(mult.as_ptr().add(l))), s, *acc);
+                    let f = _mm256_cvtepi32_ps(HalfX::load(x, g, k).lanes::<DOT>(wl, wh));
+                    *acc = _mm256_fmadd_ps(_mm256_mul_ps(f, _mm256_loadu_ps(x.lane_half_d.as_ptr().add(l))), s, *acc);
                 }
             }
         }
@@ -555,9 +521,158 @@ unsafe fn int_dot4<const TWO: bool, const M: usize, const DOT: u8>(
             let s = table_scales(sp.add(first), nb - first)[j];
             for (acc, tail) in acc.iter_mut().zip(&tail) {
                 let (hx, mult) = tail[j];
-                let f = _mm256_cvtepi32_ps(hx.lanes::<TWO, DOT>(wl, wh));
+                let f = _mm256_cvtepi32_ps(hx.lanes::<DOT>(wl, wh));
                 *acc = _mm256_fmadd_ps(_mm256_mul_ps(f, mult), s, *acc);
             }
+        }
+        for i in 0..M {
+            out[i][r] = hsum(acc[i]);
+        }
+    }
+    out
+}
+
+/// A half line of MXFP4 codes (32 bytes: two blocks) as four vectors of i16 weights,
+/// 256 * 2*E2M1 each (the signed byte shifted into the word's high byte, or masked in
+/// place: no sign extension), in `QLayout::Words` order: vector t, word j holds the
+/// weight of the half line's value 4j + t. Word j is code bytes 2j, 2j + 1, whose low
+/// nibbles are values 4j and 4j + 2, and high nibbles 4j + 1 and 4j + 3.
+#[inline(always)]
+unsafe fn word_codes(v: __m256i) -> [__m256i; 4] {
+    use super::quant::W2;
+    let lut = _mm256_broadcastsi128_si256(_mm_loadu_si128(W2.as_ptr() as *const __m128i));
+    let nib = _mm256_set1_epi8(0x0f);
+    let wl = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, nib));
+    let wh = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib));
+    let high = _mm256_set1_epi16(0xff00u16 as i16);
+    [_mm256_slli_epi16::<8>(wl), _mm256_slli_epi16::<8>(wh), _mm256_and_si256(wl, high), _mm256_and_si256(wh, high)]
+}
+
+/// "int16" precision with AVX2: four MXFP4 rows against M = 1-4 activation rows
+/// quantized in `QLayout::Words` order (the limbs joined as i16s, 256 q + q2), one
+/// weight row after another (a single stream, prefetched `INT_PREFETCH` ahead). Per
+/// half line (two blocks) the codes become four vectors of i16 weights
+/// (`word_codes`), once for the M rows; four `vpmaddwd` against the row's joined
+/// values give 8 dword lanes, four per block, each the exact sum of its 8 products
+/// (at most 8 * 32640 * 3072 < 2^31; a multiple of 256 below 2^32, so exact in f32
+/// too), then scaled by its d/2 / 256^2 and block scale into a vector accumulator.
+/// Where the two-limb `vpmaddubsw` form takes six multiplies per half line and row
+/// (four into words, two joining the limbs into dwords) and a correction for biased
+/// codes, this takes four: the same lanes, the same bits. A row's blocks past its last
+/// full group are one more half line, zero-padded.
+///
+/// # Safety
+/// avx2/fma; sizes as for `mxfp4_dot4`, `x` quantized in `Words` order.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn mxfp4_dot4_words<const M: usize>(
+    xs: &[&super::quant::QRow; M],
+    blocks: [&[u8]; 4],
+    scales: [&[u8]; 4],
+) -> [[f32; 4]; M] {
+    words_dot4::<M, { Dot::WORDS }>(xs, blocks, scales)
+}
+
+/// `mxfp4_dot4_words` with 256-bit `vpdpwssd` (AVX-VNNI), one instruction where
+/// `vpmaddwd` and `vpaddd` take two: the same bits.
+///
+/// # Safety
+/// avx2/fma/avxvnni; as `mxfp4_dot4_words`.
+#[target_feature(enable = "avx2,fma,avxvnni")]
+pub unsafe fn mxfp4_dot4_words_avxvnni<const M: usize>(
+    xs: &[&super::quant::QRow; M],
+    blocks: [&[u8]; 4],
+    scales: [&[u8]; 4],
+) -> [[f32; 4]; M] {
+    words_dot4::<M, { Dot::VEX }>(xs, blocks, scales)
+}
+
+/// `mxfp4_dot4_words_avxvnni` through the EVEX encoding (see `mxfp4_dot4_int8_evex`).
+///
+/// # Safety
+/// avx2/fma/avx512vnni/avx512vl; as `mxfp4_dot4_words`.
+#[cfg(test)]
+#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+pub unsafe fn mxfp4_dot4_words_evex<const M: usize>(
+    xs: &[&super::quant::QRow; M],
+    blocks: [&[u8]; 4],
+    scales: [&[u8]; 4],
+) -> [[f32; 4]; M] {
+    words_dot4::<M, { Dot::EVEX }>(xs, blocks, scales)
+}
+
+/// Half line h of a row (codes `v`, its lanes' block scales `s`) into each activation
+/// row's accumulator.
+#[inline(always)]
+unsafe fn words_line<const M: usize, const DOT: u8>(
+    xs: &[&super::quant::QRow; M],
+    h: usize,
+    v: __m256i,
+    s: __m256,
+    acc: &mut [__m256; M],
+) {
+    let w = word_codes(v);
+    for (x, acc) in xs.iter().zip(acc.iter_mut()) {
+        let xp = x.words.as_ptr().add(64 * h) as *const __m256i;
+        let z = _mm256_setzero_si256();
+        let lo =
+            words_dot::<DOT>(words_dot::<DOT>(z, w[0], _mm256_loadu_si256(xp)), w[1], _mm256_loadu_si256(xp.add(1)));
+        let hi = words_dot::<DOT>(
+            words_dot::<DOT>(z, w[2], _mm256_loadu_si256(xp.add(2))),
+            w[3],
+            _mm256_loadu_si256(xp.add(3)),
+        );
+        let f = _mm256_cvtepi32_ps(_mm256_add_epi32(lo, hi));
+        *acc = _mm256_fmadd_ps(_mm256_mul_ps(f, _mm256_loadu_ps(x.words_mult.as_ptr().add(8 * h))), s, *acc);
+    }
+}
+
+/// acc + the sums of adjacent products of i16s w and x, into dwords.
+#[inline(always)]
+unsafe fn words_dot<const DOT: u8>(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+    match DOT {
+        Dot::WORDS => _mm256_add_epi32(acc, _mm256_madd_epi16(w, x)),
+        Dot::EVEX => _mm256_dpwssd_epi32(acc, w, x),
+        _ => _mm256_dpwssd_avx_epi32(acc, w, x),
+    }
+}
+
+#[inline(always)]
+unsafe fn words_dot4<const M: usize, const DOT: u8>(
+    xs: &[&super::quant::QRow; M],
+    blocks: [&[u8]; 4],
+    scales: [&[u8]; 4],
+) -> [[f32; 4]; M] {
+    let nb = scales[0].len();
+    let (groups, halves) = (nb / 4, nb.div_ceil(2));
+    for x in xs {
+        debug_assert!(x.words.len() >= halves * 64 && x.words_mult.len() >= halves * 8);
+    }
+    for r in 0..4 {
+        debug_assert!(blocks[r].len() >= nb * BLOCK_BYTES && scales[r].len() >= nb);
+    }
+    let mut out = [[0f32; 4]; M];
+    for r in 0..4 {
+        let row = blocks[r].as_ptr();
+        let sp = scales[r].as_ptr();
+        let mut acc = [_mm256_setzero_ps(); M];
+        for g in 0..groups {
+            _mm_prefetch::<_MM_HINT_T0>(row.add(g * 4 * BLOCK_BYTES).wrapping_add(INT_PREFETCH) as *const i8);
+            let sc = group_scales(sp.add(4 * g));
+            for (k, &s) in sc.iter().enumerate() {
+                let v = _mm256_loadu_si256(row.add(g * 4 * BLOCK_BYTES + 32 * k) as *const __m256i);
+                words_line::<M, DOT>(xs, 2 * g + k, v, s, &mut acc);
+            }
+        }
+        // The blocks past the last full group: one or two half lines, zero-padded.
+        let first = groups * 4;
+        for h in 2 * groups..halves {
+            let b = 2 * h;
+            let v = if b + 1 < nb {
+                _mm256_loadu_si256(row.add(b * BLOCK_BYTES) as *const __m256i)
+            } else {
+                _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(row.add(b * BLOCK_BYTES) as *const __m128i))
+            };
+            words_line::<M, DOT>(xs, h, v, table_scales(sp.add(first), nb - first)[h - 2 * groups], &mut acc);
         }
         for i in 0..M {
             out[i][r] = hsum(acc[i]);

@@ -430,10 +430,15 @@ fn dot4_int8<const TWO: bool, const M: usize>(isa: Isa, xs: &[&QRow; M], w: &Wei
         Isa::Avx512 if vnni() && vbmi() => unsafe { avx512::mxfp4_dot4_int8::<TWO, M>(xs, b, s) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if vnni() => unsafe { avx512::mxfp4_dot4_int8_no_vbmi::<TWO, M>(xs, b, s) },
+        // Two limbs joined as i16s (`QLayout::Words`), one limb as bytes (`Grouped`).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if avxvnni() => unsafe { avx2::mxfp4_dot4_int8_avxvnni::<TWO, M>(xs, b, s) },
+        Isa::Avx2 if TWO && avxvnni() => unsafe { avx2::mxfp4_dot4_words_avxvnni::<M>(xs, b, s) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx2 => unsafe { avx2::mxfp4_dot4_int8::<TWO, M>(xs, b, s) },
+        Isa::Avx512 | Isa::Avx2 if TWO => unsafe { avx2::mxfp4_dot4_words::<M>(xs, b, s) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if avxvnni() => unsafe { avx2::mxfp4_dot4_int8_avxvnni::<M>(xs, b, s) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx2 => unsafe { avx2::mxfp4_dot4_int8::<M>(xs, b, s) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon if dotprod() => xs.map(|x| unsafe { neon::mxfp4_dot4_int8_sdot::<TWO>(x, b, s) }),
         #[cfg(target_arch = "aarch64")]
@@ -500,12 +505,16 @@ pub(crate) fn dotprod() -> bool {
     std::arch::is_aarch64_feature_detected!("dotprod")
 }
 
-/// The order `dot4_int8`'s kernel for this weight format reads quantized activations in.
-fn q_layout(isa: Isa, w: &Weight) -> QLayout {
+/// The order `dot4_int8`'s kernel for this weight format (and number of limbs) reads
+/// quantized activations in.
+fn q_layout(isa: Isa, w: &Weight, two: bool) -> QLayout {
     match (isa, w) {
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx512, Weight::Q8 { .. }) if vnni() => QLayout::Lanes,
         (_, Weight::Q8 { .. }) => QLayout::Natural,
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, _) if vnni() => QLayout::Grouped,
+        (Isa::Avx512 | Isa::Avx2, _) if two => QLayout::Words,
         (Isa::Avx512 | Isa::Avx2, _) => QLayout::Grouped,
         _ => QLayout::Natural,
     }
@@ -636,13 +645,13 @@ pub fn matmul_batch(isa: Isa, precision: Precision, jobs: &mut [Job<'_, '_>], sc
         }
         js.two = two_limbs(&job.w);
         if js.path == Path::QuantGemv {
-            let layout = q_layout(isa, &job.w);
+            let layout = q_layout(isa, &job.w, js.two);
             let same = |j: &Job| {
                 std::ptr::eq(j.x, job.x)
                     && j.m == m
                     && Path::of(isa, precision, &j.w, j.m) == Path::QuantGemv
-                    && q_layout(isa, &j.w) == layout
                     && two_limbs(&j.w) == js.two
+                    && q_layout(isa, &j.w, js.two) == layout
             };
             shared[i] = jobs[..i].iter().position(same);
             if shared[i].is_none() {

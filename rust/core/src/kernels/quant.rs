@@ -13,13 +13,15 @@
 //! sum_b (amax_b / 254 or / 65024) * sum_j |w_bj|, plus the f32 rounding of the
 //! per-block sums.
 //!
-//! Three orders of q: `Natural` (the scalar twins), `Grouped` (the SIMD MXFP4 kernels):
+//! Four orders of q: `Natural` (the scalar twins), `Grouped` (the SIMD MXFP4 kernels):
 //! per four blocks, 64 bytes holding the even elements block by block, then 64 bytes of
 //! odd elements, matching the low and high nibbles of the 64 code bytes (blocks past
-//! the last full group hold 16 evens then 16 odds each), and `Lanes` (the SIMD Q8
+//! the last full group hold 16 evens then 16 odds each), `Lanes` (the SIMD Q8
 //! kernels): natural order, with -128 * (sum of each block's values) per block, the
 //! correction for Q8's biased codes (the kernel moves it into one dword lane of the
-//! block). The packed GEMM takes many rows as a `QPack`: tokens in groups of 16, each
+//! block), and `Words` (AVX2's two-limb MXFP4 GEMV, `avx2::mxfp4_dot4_words`): q and q2
+//! in natural order, and the limbs joined as i16s, 256 q + q2, per two blocks in the
+//! order of the code words' nibbles. The packed GEMM takes many rows as a `QPack`: tokens in groups of 16, each
 //! dword quad of a block stored for all 16 tokens side by side (or, for AVX2's
 //! `vpmaddwd`, each pair of values joined into i16s: `QForm::Pairs`).
 
@@ -37,6 +39,7 @@ pub enum QLayout {
     Natural,
     Grouped,
     Lanes,
+    Words,
 }
 
 /// Quantized activations of up to a few rows, reused between calls.
@@ -74,6 +77,14 @@ pub struct QuantX {
     /// Grouped, per row: the E8M0 bytes [lo, hi] for which every lane's sum above is
     /// a normal f32 (lo > hi, none, where a block is not finite).
     pub scale_range: Vec<[u8; 2]>,
+    /// Words, [rows, half lines, 64]: each half line's (two blocks') values joined as
+    /// i16s, 256 q + q2 (or q with one limb), value 4j + t at 16 t + j (the AVX2 int
+    /// GEMV's order: `avx2::word_codes`); past an odd last block, zeros.
+    pub words: Vec<i16>,
+    /// Words, [rows, half lines, 8]: what multiplies each dword lane's sum of 8 products
+    /// with weights 256 * 2 * E2M1: d/2 / 256^2 (d/2 / 256 with one limb); zero past an
+    /// odd last block.
+    pub words_mult: Vec<f32>,
 }
 
 /// One row's view.
@@ -92,6 +103,8 @@ pub struct QRow<'a> {
     /// `QuantX::scale_range` ([1, 254] outside Grouped).
     pub scale_lo: u8,
     pub scale_hi: u8,
+    pub words: &'a [i16],
+    pub words_mult: &'a [f32],
 }
 
 /// Blocks whose amax is below this (2^-100) quantize to zero: their scale d = amax/127
@@ -140,6 +153,8 @@ impl QuantX {
             lane_scale_bits: part(&self.lane_scale_bits, i, ng),
             scale_lo: self.scale_range.get(i).map_or(1, |r| r[0]),
             scale_hi: self.scale_range.get(i).map_or(254, |r| r[1]),
+            words: part(&self.words, i, n.div_ceil(2 * BLOCK) * 2 * BLOCK),
+            words_mult: part(&self.words_mult, i, n.div_ceil(2 * BLOCK) * 8),
         }
     }
 
@@ -169,6 +184,12 @@ impl QuantX {
         self.lane_half_d_joint.resize(joint, 0.0);
         self.lane_scale_bits.resize(if grouped { lanes } else { 0 }, 0);
         self.scale_range.clear();
+        let words = layout == QLayout::Words;
+        let halves = nb.div_ceil(2);
+        self.words.clear();
+        self.words.resize(if words { m * halves * 2 * BLOCK } else { 0 }, 0);
+        self.words_mult.clear();
+        self.words_mult.resize(if words { m * halves * 8 } else { 0 }, 0.0);
         let mut qb = [0i8; BLOCK];
         let mut qb2 = [0i8; BLOCK];
         for i in 0..m {
@@ -199,6 +220,17 @@ impl QuantX {
                         &mut self.q2[i * n..(i + 1) * n],
                         &mut self.lane_neg_corr2[lane_range],
                     );
+                }
+                if words {
+                    // Value v of the half line at 16 (v % 4) + v / 4.
+                    let line = &mut self.words[(i * halves + b / 2) * 2 * BLOCK..][..2 * BLOCK];
+                    for (k, (&q, &q2)) in qb.iter().zip(&qb2).enumerate() {
+                        let v = (b % 2) * BLOCK + k;
+                        line[16 * (v % 4) + v / 4] =
+                            if two_limbs { LIMB2_JOIN as i16 * q as i16 + q2 as i16 } else { q as i16 };
+                    }
+                    let at = (i * halves + b / 2) * 8 + (b % 2) * 4;
+                    self.words_mult[at..at + 4].fill(sum_multiplier(half_d, two_limbs) * LIMB2);
                 }
                 if grouped && b < groups * 4 {
                     let first = i * groups * 16 + (b / 4) * 16 + (b % 4) * 4;
@@ -450,7 +482,7 @@ impl QPack {
 /// Lane corrections per row of n values.
 fn lanes_per_row(layout: QLayout, n: usize) -> usize {
     match layout {
-        QLayout::Natural => 0,
+        QLayout::Natural | QLayout::Words => 0,
         QLayout::Grouped => n / BLOCK / 4 * 16,
         QLayout::Lanes => n / BLOCK,
     }
@@ -470,7 +502,7 @@ fn place(isa: Isa, layout: QLayout, b: usize, groups: usize, qb: &[i8; BLOCK], r
             let lanes = &mut lanes[g * 16 + mm * 4..g * 16 + mm * 4 + 4];
             unsafe { super::avx2::place_grouped(qb, &mut evens[mm * 16..], &mut odds[mm * 16..], lanes) }
         }
-        QLayout::Natural => row[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(qb),
+        QLayout::Natural | QLayout::Words => row[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(qb),
         QLayout::Lanes => {
             row[b * BLOCK..(b + 1) * BLOCK].copy_from_slice(qb);
             lanes[b] = -128 * qb.iter().map(|&q| q as i32).sum::<i32>();

@@ -759,14 +759,22 @@ fn kernel_speed() {
         );
         [d[0], d[1], d[2], d[3]]
     };
-    let avx2_int16 = || unsafe { avx2::mxfp4_dot4_int8::<true, 1>(&[&qx.row(0)], b, s)[0] };
-    let avx2_int8 = || unsafe { avx2::mxfp4_dot4_int8::<false, 1>(&[&qx.row(0)], b, s)[0] };
-    let evex_int16 = || unsafe { avx2::mxfp4_dot4_int8_evex::<true, 1>(&[&qx.row(0)], b, s)[0] };
-    let evex_int8 = || unsafe { avx2::mxfp4_dot4_int8_evex::<false, 1>(&[&qx.row(0)], b, s)[0] };
+    // AVX2: int16 in `Words` order, int8 in `Grouped`.
+    let mut qw = quant::QuantX::default();
+    qw.quantize(Isa::Scalar, quant::QLayout::Words, true, &x, 1, n);
+    let mut qw3 = quant::QuantX::default();
+    qw3.quantize(Isa::Scalar, quant::QLayout::Words, true, &x3, 3, n);
+    let mut q8x = quant::QuantX::default();
+    q8x.quantize(Isa::Scalar, quant::QLayout::Grouped, false, &x, 1, n);
+    let avx2_int16 = || unsafe { avx2::mxfp4_dot4_words::<1>(&[&qw.row(0)], b, s)[0] };
+    let avx2_int16_m2 = || unsafe { avx2::mxfp4_dot4_words::<2>(&[&qw3.row(0), &qw3.row(1)], b, s)[1] };
+    let avx2_int8 = || unsafe { avx2::mxfp4_dot4_int8::<1>(&[&q8x.row(0)], b, s)[0] };
+    let evex_int16 = || unsafe { avx2::mxfp4_dot4_words_evex::<1>(&[&qw.row(0)], b, s)[0] };
+    let evex_int8 = || unsafe { avx2::mxfp4_dot4_int8_evex::<1>(&[&q8x.row(0)], b, s)[0] };
     // 88 of the 90 blocks: no blocks past the last full group.
     let b88 = b.map(|r| &r[..88 * 16]);
     let s88 = s.map(|r| &r[..88]);
-    let avx2_int16_88 = || unsafe { avx2::mxfp4_dot4_int8::<true, 1>(&[&qx.row(0)], b88, s88)[0] };
+    let avx2_int16_88 = || unsafe { avx2::mxfp4_dot4_words::<1>(&[&qw.row(0)], b88, s88)[0] };
     // Two activation rows over 64 different sets of four rows (1.5 MB: L2 and beyond).
     let sets = 64;
     let many4_b: Vec<u8> = (0..sets * 4).flat_map(|r| b[r % 4].iter().copied()).collect();
@@ -780,8 +788,9 @@ fn kernel_speed() {
         avx512::mxfp4_dot4_int8::<true, 2>(&[&qx3.row(0), &qx3.row(1)], bb, ss)[1]
     };
     // (name, kernel, weight rows times activation rows per call, needs AVX-512 VNNI/VBMI)
-    let kernels: [(&str, &dyn Fn() -> [f32; 4], usize, bool); 13] = [
+    let kernels: [(&str, &dyn Fn() -> [f32; 4], usize, bool); 14] = [
         ("avx2 int16", &avx2_int16, 4, false),
+        ("avx2 int16, 2 rows (per row)", &avx2_int16_m2, 8, false),
         ("avx2 int8", &avx2_int8, 4, false),
         ("avx2 + 256-bit VNNI int16", &evex_int16, 4, true),
         ("avx2 + 256-bit VNNI int8", &evex_int8, 4, true),
@@ -919,7 +928,7 @@ fn quantize_paths_match_scalar() {
                 block[0] = 127.0;
             }
         }
-        for layout in [quant::QLayout::Natural, quant::QLayout::Grouped, quant::QLayout::Lanes] {
+        for layout in [quant::QLayout::Natural, quant::QLayout::Grouped, quant::QLayout::Lanes, quant::QLayout::Words] {
             for two in [false, true] {
                 let mut want = quant::QuantX::default();
                 want.quantize(Isa::Scalar, layout, two, &x, m, n);
@@ -938,6 +947,42 @@ fn quantize_paths_match_scalar() {
                     assert_eq!(got.lane_neg_corr_joint, want.lane_neg_corr_joint, "{what}: joint lanes");
                     assert_eq!(got.lane_scale_bits, want.lane_scale_bits, "{what}: scale bits");
                     assert_eq!(got.scale_range, want.scale_range, "{what}: scale range");
+                    assert_eq!(got.words, want.words, "{what}: words");
+                    assert_eq!(bits(&got.words_mult), bits(&want.words_mult), "{what}: words' multipliers");
+                }
+                if layout == quant::QLayout::Words {
+                    // Each half line's value v (block b, element k) at 16 (v % 4) + v / 4,
+                    // joined as 256 q + q2 (or q), zero past an odd last block; each lane's
+                    // multiplier d/2 / 256^2 (or / 256), four lanes per block.
+                    let mut natural = quant::QuantX::default();
+                    natural.quantize(Isa::Scalar, quant::QLayout::Natural, two, &x, m, n);
+                    let halves = nb.div_ceil(2);
+                    assert_eq!((want.words.len(), want.words_mult.len()), (m * halves * 64, m * halves * 8));
+                    assert_eq!(want.q, natural.q);
+                    for i in 0..m {
+                        for b in 0..2 * halves {
+                            let line = &want.words[(i * halves + b / 2) * 64..][..64];
+                            let mult = &want.words_mult[(i * halves + b / 2) * 8 + (b % 2) * 4..][..4];
+                            let hd = if b < nb { natural.half_d[i * nb + b] } else { 0.0 };
+                            let hd = if two { hd / 65536.0 } else { hd / 256.0 };
+                            assert!(mult.iter().all(|v| v.to_bits() == hd.to_bits()), "row {i} block {b}: {mult:?}");
+                            for k in 0..32 {
+                                let v = (b % 2) * 32 + k;
+                                let joined = if b >= nb {
+                                    0
+                                } else {
+                                    let at = i * n + b * 32 + k;
+                                    let q = natural.q[at] as i16;
+                                    if two {
+                                        256 * q + natural.q2[at] as i16
+                                    } else {
+                                        q
+                                    }
+                                };
+                                assert_eq!(line[16 * (v % 4) + v / 4], joined, "row {i} block {b} value {k}");
+                            }
+                        }
+                    }
                 }
                 if layout == quant::QLayout::Natural {
                     // The packed GEMM's quantization (any layout: it has its own order).
@@ -1263,11 +1308,12 @@ fn lane_scale_bits_are_exact_products_within_the_scale_range() {
     }
 }
 
-/// The AVX2 int GEMV with 256-bit `vpdpbusd` (AVX-VNNI) gives the `vpmaddubsw` form's
-/// bits: the same exact lane sums, then the same f32 steps. Run through the EVEX
-/// encoding where the CPU has AVX-512 VNNI/VL, and the VEX one where it has AVX-VNNI;
-/// every tail length (0-3 blocks past the last full group), 1-4 activation rows, one
-/// limb and two, a 0 and a 255 scale among plain ones.
+/// The AVX2 int GEMVs with 256-bit VNNI (AVX-VNNI) give their plain forms' bits: int8
+/// with `vpdpbusd` the `vpmaddubsw` form's, int16 with `vpdpwssd` the `vpmaddwd` form's
+/// (the same exact lane sums, then the same f32 steps). Run through the EVEX encoding
+/// where the CPU has AVX-512 VNNI/VL, and the VEX one where it has AVX-VNNI; every tail
+/// length (0-3 blocks past the last full group), 1-4 activation rows, one limb and two,
+/// a 0 and a 255 scale among plain ones.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn avx2_int_gemv_with_vnni_matches_the_word_form() {
@@ -1291,7 +1337,8 @@ fn avx2_int_gemv_with_vnni_matches_the_word_form() {
             (0..4 * n).map(|_| rng.uniform() * if rng.next_u64() % 5 == 0 { 30.0 } else { 1.0 }).collect();
         for two in [false, true] {
             let mut qx = quant::QuantX::default();
-            qx.quantize(Isa::Avx2, quant::QLayout::Grouped, two, &x, 4, n);
+            let layout = if two { quant::QLayout::Words } else { quant::QLayout::Grouped };
+            qx.quantize(Isa::Avx2, layout, two, &x, 4, n);
             let rows = [qx.row(0), qx.row(1), qx.row(2), qx.row(3)];
             macro_rules! check {
                 ($m:literal) => {{
@@ -1299,15 +1346,15 @@ fn avx2_int_gemv_with_vnni_matches_the_word_form() {
                     let (want, got_evex, got_vex) = unsafe {
                         if two {
                             (
-                                avx2::mxfp4_dot4_int8::<true, $m>(&xs, b, s),
-                                evex.then(|| avx2::mxfp4_dot4_int8_evex::<true, $m>(&xs, b, s)),
-                                vex.then(|| avx2::mxfp4_dot4_int8_avxvnni::<true, $m>(&xs, b, s)),
+                                avx2::mxfp4_dot4_words::<$m>(&xs, b, s),
+                                evex.then(|| avx2::mxfp4_dot4_words_evex::<$m>(&xs, b, s)),
+                                vex.then(|| avx2::mxfp4_dot4_words_avxvnni::<$m>(&xs, b, s)),
                             )
                         } else {
                             (
-                                avx2::mxfp4_dot4_int8::<false, $m>(&xs, b, s),
-                                evex.then(|| avx2::mxfp4_dot4_int8_evex::<false, $m>(&xs, b, s)),
-                                vex.then(|| avx2::mxfp4_dot4_int8_avxvnni::<false, $m>(&xs, b, s)),
+                                avx2::mxfp4_dot4_int8::<$m>(&xs, b, s),
+                                evex.then(|| avx2::mxfp4_dot4_int8_evex::<$m>(&xs, b, s)),
+                                vex.then(|| avx2::mxfp4_dot4_int8_avxvnni::<$m>(&xs, b, s)),
                             )
                         }
                     };
