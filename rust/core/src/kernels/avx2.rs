@@ -332,6 +332,44 @@ impl Dot {
     const EVEX: u8 = 2;
 }
 
+/// An int GEMV kernel's three entry points, each `$body::<M, DOT>` under its target
+/// features: the plain AVX2 form (`Dot::WORDS`, documented where the macro is invoked),
+/// AVX-VNNI (`Dot::VEX`) and, for the tests, the EVEX encoding (`Dot::EVEX`).
+macro_rules! dot_forms {
+    ($(#[$doc:meta])* $plain:ident, $(#[$vdoc:meta])* $vex:ident, $(#[$edoc:meta])* $evex:ident, $body:ident) => {
+        $(#[$doc])*
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn $plain<const M: usize>(
+            xs: &[&super::quant::QRow; M],
+            blocks: [&[u8]; 4],
+            scales: [&[u8]; 4],
+        ) -> [[f32; 4]; M] {
+            $body::<M, { Dot::WORDS }>(xs, blocks, scales)
+        }
+
+        $(#[$vdoc])*
+        #[target_feature(enable = "avx2,fma,avxvnni")]
+        pub unsafe fn $vex<const M: usize>(
+            xs: &[&super::quant::QRow; M],
+            blocks: [&[u8]; 4],
+            scales: [&[u8]; 4],
+        ) -> [[f32; 4]; M] {
+            $body::<M, { Dot::VEX }>(xs, blocks, scales)
+        }
+
+        $(#[$edoc])*
+        #[cfg(test)]
+        #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+        pub unsafe fn $evex<const M: usize>(
+            xs: &[&super::quant::QRow; M],
+            blocks: [&[u8]; 4],
+            scales: [&[u8]; 4],
+        ) -> [[f32; 4]; M] {
+            $body::<M, { Dot::EVEX }>(xs, blocks, scales)
+        }
+    };
+}
+
 /// One half line's activations (two blocks), one limb: the evens and odds
 /// (`vpmaddubsw` operands against the low and high nibbles' codes) and each dword
 /// lane's correction (-12 times the sum of its values).
@@ -409,62 +447,41 @@ unsafe fn int_codes(v: __m256i) -> (__m256i, __m256i) {
     (wl, _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib)))
 }
 
-/// "int8" precision with AVX2: four MXFP4 rows against M = 1-4 activation rows
-/// quantized to one int8 limb (`Grouped` order, as the AVX-512 kernels read it), one
-/// weight row after another (a single stream, prefetched `INT_PREFETCH` ahead). Per
-/// half line (two blocks, 32 code bytes) the low and high nibbles become u8
-/// 2*E2M1+12 (`vpshufb`), once for the M activation rows, each summed as if alone;
-/// `vpmaddubsw` multiplies them with the two blocks' evens and odds (at most 2*24*127
-/// per word, and twice that after adding evens' and odds' words: no i16 saturation)
-/// and `vpmaddwd` sums the words into 8 dword lanes, four per block, each the exact
-/// integer sum of the AVX-512 kernels' lane, from the same -12*sum(q) lane correction
-/// (`HalfX::lanes`). ("int16", two limbs, takes `mxfp4_dot4_words`.)
-///
-/// Each lane is then scaled by its d/2 and block scale into a vector accumulator (no
-/// horizontal sum per block). The blocks past the last full group are one or two more
-/// half lines, zero-padded (`HalfX::tail`), where they went one block at a time through
-/// horizontal integer sums: 90-block rows (gpt-oss) 6-8% faster from L1, stop 27.
-/// (The AVX-512 kernels' exponent add in place of the multiply by d/2, with a per-row
-/// scale range check, measured 4% slower here: the `vpaddd` and the check cost what
-/// the multiply did.)
-///
-/// # Safety
-/// avx2/fma; sizes as for `mxfp4_dot4`, `x` quantized in `Grouped` order, one limb.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn mxfp4_dot4_int8<const M: usize>(
-    xs: &[&super::quant::QRow; M],
-    blocks: [&[u8]; 4],
-    scales: [&[u8]; 4],
-) -> [[f32; 4]; M] {
-    int_dot4::<M, { Dot::WORDS }>(xs, blocks, scales)
-}
-
-/// `mxfp4_dot4_int8` with 256-bit `vpdpbusd` (AVX-VNNI): the same bits.
-///
-/// # Safety
-/// avx2/fma/avxvnni; as `mxfp4_dot4_int8`.
-#[target_feature(enable = "avx2,fma,avxvnni")]
-pub unsafe fn mxfp4_dot4_int8_avxvnni<const M: usize>(
-    xs: &[&super::quant::QRow; M],
-    blocks: [&[u8]; 4],
-    scales: [&[u8]; 4],
-) -> [[f32; 4]; M] {
-    int_dot4::<M, { Dot::VEX }>(xs, blocks, scales)
-}
-
-/// `mxfp4_dot4_int8_avxvnni` through the EVEX encoding of the same instruction, so that
-/// the tests run its body on AVX-512 VNNI CPUs (which take the AVX-512 kernels).
-///
-/// # Safety
-/// avx2/fma/avx512vnni/avx512vl; as `mxfp4_dot4_int8`.
-#[cfg(test)]
-#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-pub unsafe fn mxfp4_dot4_int8_evex<const M: usize>(
-    xs: &[&super::quant::QRow; M],
-    blocks: [&[u8]; 4],
-    scales: [&[u8]; 4],
-) -> [[f32; 4]; M] {
-    int_dot4::<M, { Dot::EVEX }>(xs, blocks, scales)
+dot_forms! {
+    /// "int8" precision with AVX2: four MXFP4 rows against M = 1-4 activation rows
+    /// quantized to one int8 limb (`Grouped` order, as the AVX-512 kernels read it), one
+    /// weight row after another (a single stream, prefetched `INT_PREFETCH` ahead). Per
+    /// half line (two blocks, 32 code bytes) the low and high nibbles become u8
+    /// 2*E2M1+12 (`vpshufb`), once for the M activation rows, each summed as if alone;
+    /// `vpmaddubsw` multiplies them with the two blocks' evens and odds (at most 2*24*127
+    /// per word, and twice that after adding evens' and odds' words: no i16 saturation)
+    /// and `vpmaddwd` sums the words into 8 dword lanes, four per block, each the exact
+    /// integer sum of the AVX-512 kernels' lane, from the same -12*sum(q) lane correction
+    /// (`HalfX::lanes`). ("int16", two limbs, takes `mxfp4_dot4_words`.)
+    ///
+    /// Each lane is then scaled by its d/2 and block scale into a vector accumulator (no
+    /// horizontal sum per block). The blocks past the last full group are one or two more
+    /// half lines, zero-padded (`HalfX::tail`), where they went one block at a time through
+    /// horizontal integer sums: 90-block rows (gpt-oss) 6-8% faster from L1, stop 27.
+    /// (The AVX-512 kernels' exponent add in place of the multiply by d/2, with a per-row
+    /// scale range check, measured 4% slower here: the `vpaddd` and the check cost what
+    /// the multiply did.)
+    ///
+    /// # Safety
+    /// avx2/fma; sizes as for `mxfp4_dot4`, `x` quantized in `Grouped` order, one limb.
+    mxfp4_dot4_int8,
+    /// `mxfp4_dot4_int8` with 256-bit `vpdpbusd` (AVX-VNNI): the same bits.
+    ///
+    /// # Safety
+    /// avx2/fma/avxvnni; as `mxfp4_dot4_int8`.
+    mxfp4_dot4_int8_avxvnni,
+    /// `mxfp4_dot4_int8_avxvnni` through the EVEX encoding of the same instruction, so that
+    /// the tests run its body on AVX-512 VNNI CPUs (which take the AVX-512 kernels).
+    ///
+    /// # Safety
+    /// avx2/fma/avx512vnni/avx512vl; as `mxfp4_dot4_int8`.
+    mxfp4_dot4_int8_evex,
+    int_dot4
 }
 
 #[inline(always)]
@@ -548,56 +565,35 @@ unsafe fn word_codes(v: __m256i) -> [__m256i; 4] {
     [_mm256_slli_epi16::<8>(wl), _mm256_slli_epi16::<8>(wh), _mm256_and_si256(wl, high), _mm256_and_si256(wh, high)]
 }
 
-/// "int16" precision with AVX2: four MXFP4 rows against M = 1-4 activation rows
-/// quantized in `QLayout::Words` order (the limbs joined as i16s, 256 q + q2), one
-/// weight row after another (a single stream, prefetched `INT_PREFETCH` ahead). Per
-/// half line (two blocks) the codes become four vectors of i16 weights
-/// (`word_codes`), once for the M rows; four `vpmaddwd` against the row's joined
-/// values give 8 dword lanes, four per block, each the exact sum of its 8 products
-/// (at most 8 * 32640 * 3072 < 2^31; a multiple of 256 below 2^32, so exact in f32
-/// too), then scaled by its d/2 / 256^2 and block scale into a vector accumulator.
-/// Where the two-limb `vpmaddubsw` form takes six multiplies per half line and row
-/// (four into words, two joining the limbs into dwords) and a correction for biased
-/// codes, this takes four: the same lanes, the same bits. A row's blocks past its last
-/// full group are one more half line, zero-padded.
-///
-/// # Safety
-/// avx2/fma; sizes as for `mxfp4_dot4`, `x` quantized in `Words` order.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn mxfp4_dot4_words<const M: usize>(
-    xs: &[&super::quant::QRow; M],
-    blocks: [&[u8]; 4],
-    scales: [&[u8]; 4],
-) -> [[f32; 4]; M] {
-    words_dot4::<M, { Dot::WORDS }>(xs, blocks, scales)
-}
-
-/// `mxfp4_dot4_words` with 256-bit `vpdpwssd` (AVX-VNNI), one instruction where
-/// `vpmaddwd` and `vpaddd` take two: the same bits.
-///
-/// # Safety
-/// avx2/fma/avxvnni; as `mxfp4_dot4_words`.
-#[target_feature(enable = "avx2,fma,avxvnni")]
-pub unsafe fn mxfp4_dot4_words_avxvnni<const M: usize>(
-    xs: &[&super::quant::QRow; M],
-    blocks: [&[u8]; 4],
-    scales: [&[u8]; 4],
-) -> [[f32; 4]; M] {
-    words_dot4::<M, { Dot::VEX }>(xs, blocks, scales)
-}
-
-/// `mxfp4_dot4_words_avxvnni` through the EVEX encoding (see `mxfp4_dot4_int8_evex`).
-///
-/// # Safety
-/// avx2/fma/avx512vnni/avx512vl; as `mxfp4_dot4_words`.
-#[cfg(test)]
-#[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-pub unsafe fn mxfp4_dot4_words_evex<const M: usize>(
-    xs: &[&super::quant::QRow; M],
-    blocks: [&[u8]; 4],
-    scales: [&[u8]; 4],
-) -> [[f32; 4]; M] {
-    words_dot4::<M, { Dot::EVEX }>(xs, blocks, scales)
+dot_forms! {
+    /// "int16" precision with AVX2: four MXFP4 rows against M = 1-4 activation rows
+    /// quantized in `QLayout::Words` order (the limbs joined as i16s, 256 q + q2), one
+    /// weight row after another (a single stream, prefetched `INT_PREFETCH` ahead). Per
+    /// half line (two blocks) the codes become four vectors of i16 weights
+    /// (`word_codes`), once for the M rows; four `vpmaddwd` against the row's joined
+    /// values give 8 dword lanes, four per block, each the exact sum of its 8 products
+    /// (at most 8 * 32640 * 3072 < 2^31; a multiple of 256 below 2^32, so exact in f32
+    /// too), then scaled by its d/2 / 256^2 and block scale into a vector accumulator.
+    /// Where the two-limb `vpmaddubsw` form takes six multiplies per half line and row
+    /// (four into words, two joining the limbs into dwords) and a correction for biased
+    /// codes, this takes four: the same lanes, the same bits. A row's blocks past its last
+    /// full group are one more half line, zero-padded.
+    ///
+    /// # Safety
+    /// avx2/fma; sizes as for `mxfp4_dot4`, `x` quantized in `Words` order.
+    mxfp4_dot4_words,
+    /// `mxfp4_dot4_words` with 256-bit `vpdpwssd` (AVX-VNNI), one instruction where
+    /// `vpmaddwd` and `vpaddd` take two: the same bits.
+    ///
+    /// # Safety
+    /// avx2/fma/avxvnni; as `mxfp4_dot4_words`.
+    mxfp4_dot4_words_avxvnni,
+    /// `mxfp4_dot4_words_avxvnni` through the EVEX encoding (see `mxfp4_dot4_int8_evex`).
+    ///
+    /// # Safety
+    /// avx2/fma/avx512vnni/avx512vl; as `mxfp4_dot4_words`.
+    mxfp4_dot4_words_evex,
+    words_dot4
 }
 
 /// Half line h of a row (codes `v`, its lanes' block scales `s`) into each activation
