@@ -319,6 +319,17 @@ unsafe fn table_scales(sp: *const u8, t: usize) -> [__m256; 2] {
     [_mm256_set_m128(e(1), e(0)), _mm256_set_m128(e(3), e(2))]
 }
 
+/// The codes of blocks b and b + 1 of a row of nb (zeros for block b + 1 if b is the
+/// last): a half line past the row's last full group.
+#[inline(always)]
+unsafe fn tail_codes(row: *const u8, b: usize, nb: usize) -> __m256i {
+    if b + 1 < nb {
+        _mm256_loadu_si256(row.add(b * BLOCK_BYTES) as *const __m256i)
+    } else {
+        _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(row.add(b * BLOCK_BYTES) as *const __m128i))
+    }
+}
+
 /// How the AVX2 int GEMV sums u8 x s8 products into dword lanes.
 struct Dot;
 
@@ -334,38 +345,41 @@ impl Dot {
 
 /// An int GEMV kernel's three entry points, each `$body::<M, DOT>` under its target
 /// features: the plain AVX2 form (`Dot::WORDS`, documented where the macro is invoked),
-/// AVX-VNNI (`Dot::VEX`) and, for the tests, the EVEX encoding (`Dot::EVEX`).
+/// AVX-VNNI (`Dot::VEX`: `vpdpbusd`/`vpdpwssd` where `vpmaddubsw`/`vpmaddwd` and adds
+/// were) and, for the tests, the EVEX encoding of those (`Dot::EVEX`).
 macro_rules! dot_forms {
-    ($(#[$doc:meta])* $plain:ident, $(#[$vdoc:meta])* $vex:ident, $(#[$edoc:meta])* $evex:ident, $body:ident) => {
-        $(#[$doc])*
-        #[target_feature(enable = "avx2,fma")]
-        pub unsafe fn $plain<const M: usize>(
-            xs: &[&super::quant::QRow; M],
-            blocks: [&[u8]; 4],
-            scales: [&[u8]; 4],
-        ) -> [[f32; 4]; M] {
-            $body::<M, { Dot::WORDS }>(xs, blocks, scales)
-        }
+    ($(#[$doc:meta])* $plain:ident, $vex:ident, $evex:ident, $body:ident) => {
+        dot_form!($(#[$doc])* $plain, "avx2,fma", Dot::WORDS, $body);
+        dot_form!(
+            #[doc = concat!("`", stringify!($plain), "` with 256-bit VNNI (AVX-VNNI): the same bits.")]
+            ///
+            /// # Safety
+            #[doc = concat!("avx2/fma/avxvnni; as `", stringify!($plain), "`.")]
+            $vex, "avx2,fma,avxvnni", Dot::VEX, $body
+        );
+        dot_form!(
+            #[doc = concat!("`", stringify!($vex), "` through the EVEX encoding of the same instructions, so")]
+            /// that the tests run its body on AVX-512 VNNI CPUs (which take the AVX-512 kernels).
+            ///
+            /// # Safety
+            #[doc = concat!("avx2/fma/avx512vnni/avx512vl; as `", stringify!($plain), "`.")]
+            #[cfg(test)]
+            $evex, "avx2,fma,avx512vnni,avx512vl", Dot::EVEX, $body
+        );
+    };
+}
 
-        $(#[$vdoc])*
-        #[target_feature(enable = "avx2,fma,avxvnni")]
-        pub unsafe fn $vex<const M: usize>(
+/// One entry point of `dot_forms!`.
+macro_rules! dot_form {
+    ($(#[$attr:meta])* $name:ident, $features:literal, $dot:expr, $body:ident) => {
+        $(#[$attr])*
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name<const M: usize>(
             xs: &[&super::quant::QRow; M],
             blocks: [&[u8]; 4],
             scales: [&[u8]; 4],
         ) -> [[f32; 4]; M] {
-            $body::<M, { Dot::VEX }>(xs, blocks, scales)
-        }
-
-        $(#[$edoc])*
-        #[cfg(test)]
-        #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-        pub unsafe fn $evex<const M: usize>(
-            xs: &[&super::quant::QRow; M],
-            blocks: [&[u8]; 4],
-            scales: [&[u8]; 4],
-        ) -> [[f32; 4]; M] {
-            $body::<M, { Dot::EVEX }>(xs, blocks, scales)
+            $body::<M, { $dot }>(xs, blocks, scales)
         }
     };
 }
@@ -470,16 +484,7 @@ dot_forms! {
     /// # Safety
     /// avx2/fma; sizes as for `mxfp4_dot4`, `x` quantized in `Grouped` order, one limb.
     mxfp4_dot4_int8,
-    /// `mxfp4_dot4_int8` with 256-bit `vpdpbusd` (AVX-VNNI): the same bits.
-    ///
-    /// # Safety
-    /// avx2/fma/avxvnni; as `mxfp4_dot4_int8`.
     mxfp4_dot4_int8_avxvnni,
-    /// `mxfp4_dot4_int8_avxvnni` through the EVEX encoding of the same instruction, so that
-    /// the tests run its body on AVX-512 VNNI CPUs (which take the AVX-512 kernels).
-    ///
-    /// # Safety
-    /// avx2/fma/avx512vnni/avx512vl; as `mxfp4_dot4_int8`.
     mxfp4_dot4_int8_evex,
     int_dot4
 }
@@ -528,13 +533,7 @@ unsafe fn int_dot4<const M: usize, const DOT: u8>(
             }
         }
         for j in 0..tails {
-            let b = first + 2 * j;
-            let v = if b + 1 < nb {
-                _mm256_loadu_si256(row.add(b * BLOCK_BYTES) as *const __m256i)
-            } else {
-                _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(row.add(b * BLOCK_BYTES) as *const __m128i))
-            };
-            let (wl, wh) = int_codes(v);
+            let (wl, wh) = int_codes(tail_codes(row, first + 2 * j, nb));
             let s = table_scales(sp.add(first), nb - first)[j];
             for (acc, tail) in acc.iter_mut().zip(&tail) {
                 let (hx, mult) = tail[j];
@@ -582,16 +581,7 @@ dot_forms! {
     /// # Safety
     /// avx2/fma; sizes as for `mxfp4_dot4`, `x` quantized in `Words` order.
     mxfp4_dot4_words,
-    /// `mxfp4_dot4_words` with 256-bit `vpdpwssd` (AVX-VNNI), one instruction where
-    /// `vpmaddwd` and `vpaddd` take two: the same bits.
-    ///
-    /// # Safety
-    /// avx2/fma/avxvnni; as `mxfp4_dot4_words`.
     mxfp4_dot4_words_avxvnni,
-    /// `mxfp4_dot4_words_avxvnni` through the EVEX encoding (see `mxfp4_dot4_int8_evex`).
-    ///
-    /// # Safety
-    /// avx2/fma/avx512vnni/avx512vl; as `mxfp4_dot4_words`.
     mxfp4_dot4_words_evex,
     words_dot4
 }
@@ -662,13 +652,8 @@ unsafe fn words_dot4<const M: usize, const DOT: u8>(
         // The blocks past the last full group: one or two half lines, zero-padded.
         let first = groups * 4;
         for h in 2 * groups..halves {
-            let b = 2 * h;
-            let v = if b + 1 < nb {
-                _mm256_loadu_si256(row.add(b * BLOCK_BYTES) as *const __m256i)
-            } else {
-                _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(row.add(b * BLOCK_BYTES) as *const __m128i))
-            };
-            words_line::<M, DOT>(xs, h, v, table_scales(sp.add(first), nb - first)[h - 2 * groups], &mut acc);
+            let (v, s) = (tail_codes(row, 2 * h, nb), table_scales(sp.add(first), nb - first)[h - 2 * groups]);
+            words_line::<M, DOT>(xs, h, v, s, &mut acc);
         }
         for i in 0..M {
             out[i][r] = hsum(acc[i]);
