@@ -21,9 +21,10 @@
 //! correction for Q8's biased codes (the kernel moves it into one dword lane of the
 //! block), and `Words` (AVX2's two-limb MXFP4 GEMV, `avx2::mxfp4_dot4_words`): q and q2
 //! in natural order, and the limbs joined as i16s, 256 q + q2, per two blocks in the
-//! order of the code words' nibbles. The packed GEMM takes many rows as a `QPack`: tokens in groups of 16, each
-//! dword quad of a block stored for all 16 tokens side by side (or, for AVX2's
-//! `vpmaddwd`, each pair of values joined into i16s: `QForm::Pairs`).
+//! order of the code words' nibbles. The packed GEMM takes many rows as a `QPack`:
+//! tokens in groups of 16, each dword quad of a block stored for all 16 tokens side by
+//! side (or, for AVX2's `vpmaddwd`, each pair of values joined into i16s:
+//! `QForm::Pairs`).
 
 use crate::cpu::Isa;
 use crate::mxfp4::BLOCK;
