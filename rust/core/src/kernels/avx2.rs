@@ -921,11 +921,7 @@ unsafe fn pairs_panel<const V: usize, const DOT: u8>(
                 let pair = (words[j].as_ptr().add(b * BLOCK + 2 * p) as *const i32).read_unaligned();
                 let wb = _mm256_set1_epi32(pair);
                 for v in 0..V {
-                    s[j][v] = match DOT {
-                        Dot::WORDS => _mm256_add_epi32(s[j][v], _mm256_madd_epi16(wb, xv[v])),
-                        Dot::VEX => _mm256_dpwssd_avx_epi32(s[j][v], wb, xv[v]),
-                        _ => _mm256_dpwssd_epi32(s[j][v], wb, xv[v]),
-                    };
+                    s[j][v] = words_dot::<DOT>(s[j][v], wb, xv[v]);
                 }
             }
         }

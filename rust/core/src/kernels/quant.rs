@@ -65,7 +65,7 @@ pub struct QuantX {
     pub corr2: Vec<i32>,
     pub lane_neg_corr2: Vec<i32>,
     /// Grouped with two limbs, [rows, groups, 16]: the limbs joined as one integer
-    /// 256 q + q2 (the x86 kernels' form): each lane's -12 * (sum of its 8 joined
+    /// 256 q + q2 (the AVX-512 kernels' form): each lane's -12 * (sum of its 8 joined
     /// values), and its d/2 / 256.
     pub lane_neg_corr_joint: Vec<i32>,
     pub lane_half_d_joint: Vec<f32>,
